@@ -1,0 +1,46 @@
+"""``medmm evaluate``: score a trained run on a manifest (thin layer over :func:`medmm.evaluate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _eps_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        eps = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 5,10,25") from None
+    if not eps or any(e < 0 for e in eps):
+        raise click.BadParameter(f"{value!r}: give one or more budgets >= 0 in HU, e.g. 5,10,25")
+    return eps
+
+
+@click.command("evaluate")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--data", "manifest", required=True, type=click.Path(path_type=Path),
+              help="Manifest (CSV/JSONL) with image paths, labels or reports, and a split column.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train", "all"]),
+              help="Rows to evaluate; 'all' for external sets without a split column.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: ./medmm_eval/<run name>].")
+@click.option("--attack", type=click.Choice(["fgsm", "pgd"]), default=None, help="Add an adversarial robustness sweep.")
+@click.option("--eps-hu", default="5,10,25,50", show_default=True, callback=_eps_list,
+              help="Attack budgets in HU (L-inf), comma-separated; 0 (clean) is always included.")
+@click.option("--pgd-steps", default=10, show_default=True, type=click.IntRange(min=1), help="PGD iterations.")
+@click.option("--n-bootstrap", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Bootstrap resamples for AUROC confidence intervals.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap/attack seed.")
+@click.option("--device", default=None, help="Torch device, e.g. cpu or cuda:0.")
+def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attack: str | None,
+             eps_hu: tuple[float, ...], pgd_steps: int, n_bootstrap: int, seed: int, device: str | None) -> None:
+    """Evaluate RUN_DIR on a manifest: AUROC with 95% CIs, calibration, report metrics, robustness."""
+    from medmm.evaluation import evaluate as run_evaluation
+    from medmm.evaluation.outputs import terminal_table
+
+    out = out if out is not None else Path.cwd() / "medmm_eval" / (run_dir.resolve().name or "run")
+    metrics = run_evaluation(run_dir, manifest, split=split, out=out, attack=attack, eps_hu=eps_hu,
+                             n_bootstrap=n_bootstrap, seed=seed, pgd_steps=pgd_steps, device=device)
+    click.echo(terminal_table(metrics))
+    click.echo(f"wrote {', '.join(metrics['files'])} to {out}")

@@ -1,0 +1,74 @@
+"""``medmm infer PATH --model RUN_DIR``: diagnose one scan, a folder of scans or a manifest.
+
+Thin layer over :mod:`medmm.inference`: heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("infer")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--model", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory from `medmm train`.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default ./medmm_out/<scan name>; in batch mode ./medmm_out/).")
+@click.option("--series", default=None, help="DICOM series UID (or unique suffix) when a folder holds several.")
+@click.option("--indication", default=None, help="Clinical indication given to the model with the generated report.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--checkpoint", default="best", show_default=True, help="Checkpoint name inside the run.")
+@click.option("--dicom-sr", is_flag=True, help="Also write a DICOM Comprehensive 3D SR (DICOM inputs only).")
+@click.option("--fhir", is_flag=True, help="Also write a FHIR R4 DiagnosticReport + Observations bundle.")
+@click.option("--keep-phi", is_flag=True, help="Copy patient/study identity into the DICOM SR (default: de-identified).")
+@click.option("--no-html", is_flag=True, help="Skip report.html.")
+@click.option("--allow-ontology-mismatch", is_flag=True, help="Run even if the ontology changed since training.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar / findings table.")
+def infer(
+    path: Path,
+    run_dir: Path,
+    out: Path | None,
+    series: str | None,
+    indication: str | None,
+    device: str | None,
+    checkpoint: str,
+    dicom_sr: bool,
+    fhir: bool,
+    keep_phi: bool,
+    no_html: bool,
+    allow_ontology_mismatch: bool,
+    quiet: bool,
+) -> None:
+    """Diagnose PATH (DICOM file/folder/zip, NIfTI, a folder of scans, or a CSV/JSONL manifest)."""
+    from medmm.errors import MedmmInputError
+    from medmm.inference import load_model
+    from medmm.inference.batch import discover_jobs, is_batch_input, run_batch
+    from medmm.inference.writers import check_out_dir, default_out_dir, write_outputs
+
+    if not path.exists():
+        raise MedmmInputError(path, "does not exist")
+    batch = is_batch_input(path)
+    if batch and series:
+        raise MedmmInputError(path, "--series applies to a single scan, not to a batch")
+    # validate the output location before spending time on the model
+    out_dir = out if out is not None else (Path.cwd() / "medmm_out" if batch else default_out_dir(path))
+    check_out_dir(out_dir, path)
+    predictor = load_model(run_dir, device=device, checkpoint=checkpoint, allow_ontology_mismatch=allow_ontology_mismatch)
+    options = {"html": not no_html, "dicom_sr": dicom_sr, "fhir": fhir, "keep_phi": keep_phi}
+
+    if batch:
+        jobs = discover_jobs(path)
+        summary = run_batch(predictor, jobs, out_dir, options, progress=not quiet, echo=lambda m: click.echo(m, err=True))
+        for line in summary.lines():
+            click.echo(line)
+        click.echo(f"outputs: {out_dir}")
+        return
+
+    result = predictor.predict(path, indication=indication, series=series)
+    written = write_outputs(result, out_dir, input_path=path, **options)
+    if not quiet:
+        click.echo(result.summary())
+        click.echo("")
+    for kind, file in written.items():
+        click.echo(f"{kind}: {file}")

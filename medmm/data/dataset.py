@@ -1,0 +1,170 @@
+"""Cached MONAI datasets over `Case` records for training and validation.
+
+The deterministic part of preprocessing (load, orient, resample, window, crop, fit) runs once and
+is cached — in memory (``CacheDataset``) or on disk (``PersistentDataset``, read back with
+``torch.load(weights_only=True)``) — and only the random augmentation runs every epoch, so data
+loading stays a small share of step time after the first epoch.
+
+Items are dicts: ``image`` ``[1, X, Y, Z]`` float32, ``label`` ``[L]`` float (1/0/-1 unknown),
+``index`` (position in the split, for fixed per-case masks), ``case_id``, ``indication``
+(``""`` if none) and ``report`` (``""`` if none; used only as the report generator's target).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from medmm.data.transforms import PreprocessingConfig, augmentation_transforms, deterministic_transforms
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def load_cases(data: Any) -> list[Any]:
+    """Cases of the workflow's data source (``WorkflowConfig.data``), with labels in ``data.labels``.
+
+    ``synthetic`` phantoms are generated into ``cache_dir`` on first use and reused afterwards.
+    """
+    from medmm.data.manifest import read_manifest
+
+    if data.source == "synthetic":
+        from medmm.data import ensure_synthetic
+
+        s = data.synthetic
+        manifest = ensure_synthetic(Path(s.cache_dir).expanduser(), n=s.n, seed=s.seed, size=s.size, fmt=s.format)
+        return read_manifest(manifest, labels=data.labels)
+    if data.source == "manifest":
+        return read_manifest(Path(data.manifest.path).expanduser(), labels=data.labels)
+    from medmm.data.ctrate import read_ctrate
+
+    c = data.ctrate
+    return read_ctrate(c.volumes_dir, c.labels_csv, c.reports_csv, labels=data.labels)
+
+
+def split_cases(cases: Sequence[Any], val_fraction: float = 0.2, test_fraction: float = 0.0,
+                seed: int = 0) -> dict[str, list[Any]]:
+    """Group cases into train/val/test by patient.
+
+    Cases that carry a ``split`` keep it; patients with no assigned scan are split by
+    `medmm.data.splits.split_patients` (seeded); a patient with one assigned scan puts all their
+    unassigned scans in that split too, so one patient never straddles splits.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` in input order within each split.
+    """
+    from medmm.data.splits import split_patients
+
+    assigned = {c.patient_id: c.split for c in cases if c.split in SPLIT_NAMES}
+    free = {c.patient_id for c in cases if c.split not in SPLIT_NAMES} - set(assigned)
+    if free:
+        fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
+        assigned.update(split_patients(free, fractions, seed))
+    out: dict[str, list[Any]] = {name: [] for name in SPLIT_NAMES}
+    for case in cases:
+        out[case.split if case.split in SPLIT_NAMES else assigned[case.patient_id]].append(case)
+    return out
+
+
+def case_items(cases: Sequence[Any], labels: Sequence[str]) -> list[dict[str, Any]]:
+    """Dataset items for ``cases``: image path, label vector in ``labels`` order, texts, index."""
+    items = []
+    for index, case in enumerate(cases):
+        values = [case.labels.get(name) for name in labels]
+        vector = [-1.0 if value is None else float(value) for value in values]
+        items.append({
+            "image": str(case.image),
+            "label": torch.tensor(vector, dtype=torch.float32),
+            "index": index,
+            "case_id": str(case.case_id),
+            "indication": case.indication or "",
+            "report": case.report or "",
+        })
+    return items
+
+
+def label_matrix(cases: Sequence[Any], labels: Sequence[str]) -> torch.Tensor:
+    """``[N, L]`` float tensor of 1/0/-1 labels."""
+    if not cases:
+        return torch.zeros(0, len(labels))
+    return torch.stack([item["label"] for item in case_items(cases, labels)])
+
+
+def preprocessing_key(cfg: PreprocessingConfig) -> str:
+    """Short hash of the deterministic preprocessing (names the on-disk cache folder)."""
+    settings = cfg.model_dump(mode="json", exclude={"augmentation", "fit_at_inference"})
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_dataset(
+    cases: Sequence[Any],
+    labels: Sequence[str],
+    cfg: PreprocessingConfig,
+    train: bool,
+    cache: Literal["memory", "disk", "none"] = "memory",
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = False,
+):
+    """A MONAI dataset of preprocessed cases, augmented when ``train`` and the config enables it.
+
+    Args:
+        cases: `Case` records of one split.
+        labels: label order of the ``label`` vectors.
+        cfg: preprocessing; images are fitted to ``cfg.roi_size``.
+        train: add random augmentation on top of the cached deterministic images.
+        cache: ``memory`` (CacheDataset), ``disk`` (PersistentDataset in ``cache_dir``) or ``none``.
+        cache_dir: folder for ``disk`` caching (a sub-folder per preprocessing hash is used).
+        seed: seeds the augmentation (re-seed per epoch with ``reseed``).
+        num_workers: threads used to fill the in-memory cache.
+        progress: show MONAI's cache-filling progress bar.
+
+    Returns:
+        A ``monai.data.Dataset`` whose items are described in the module docstring.
+    """
+    from monai.data import CacheDataset, Dataset, PersistentDataset
+    from monai.transforms import Compose
+
+    items = case_items(cases, labels)
+    base_transform = Compose(deterministic_transforms(cfg, fit_roi=True))
+    if cache == "memory":
+        # copy_cache=False is safe: nothing after the cache modifies tensors in place.
+        base = CacheDataset(items, transform=base_transform, num_workers=max(1, num_workers), progress=progress,
+                            copy_cache=False)
+    elif cache == "disk":
+        if cache_dir is None:
+            raise ValueError("cache='disk' needs a cache_dir")
+        folder = Path(cache_dir).expanduser() / preprocessing_key(cfg)
+        folder.mkdir(parents=True, exist_ok=True)
+        base = PersistentDataset(items, transform=base_transform, cache_dir=folder)
+    else:
+        base = Dataset(items, transform=base_transform)
+    return augmented(base, cfg, seed) if train else base
+
+
+def augmented(base: Any, cfg: PreprocessingConfig, seed: int = 0) -> Any:
+    """``base`` with the config's random augmentation applied per access (``base`` if none).
+
+    A ``Dataset`` over the cached dataset: the deterministic part ran once, only this part runs
+    on every access.
+    """
+    from monai.data import Dataset
+    from monai.transforms import Compose
+
+    if not cfg.augmentation.enabled:
+        return base
+    augment = Compose(augmentation_transforms(cfg))
+    augment.set_random_state(seed=seed)
+    return Dataset(base, transform=augment)
+
+
+def reseed(dataset: Any, seed: int) -> None:
+    """Re-seed every random transform reachable from ``dataset`` (MONAI ``set_rnd``)."""
+    from monai.data.utils import set_rnd
+
+    set_rnd(dataset, seed=seed % (2**32))

@@ -1,0 +1,113 @@
+"""Grad-CAM on the image encoder's feature map for one finding's logit.
+
+MONAI's :class:`~monai.visualize.GradCAM` hooks a named layer of a module that maps an input to
+class scores. Here that module is the model's *head* (pooling → fusion classifier) fed with the
+already computed (possibly sliding-window stitched) feature map through an ``Identity`` layer, so
+explaining a finding never re-runs the encoder over a large volume. The map is then resized to
+the preprocessed image grid and returned as a :class:`medmm.io.Volume` with that grid's affine.
+
+Reference: Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization", ICCV 2017.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.visualize import GradCAM
+from torch import nn
+
+from medmm.inference.result import Explanation
+
+
+class FeatureHead(nn.Module):
+    """feature map (+ fixed text embedding) → logits, with a hookable ``features`` layer."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.features = nn.Identity()
+        self.model = model
+
+    def forward(self, feature_map: torch.Tensor, text_emb: torch.Tensor | None = None) -> torch.Tensor:
+        pooled, tokens = self.model.embed(self.features(feature_map))
+        return self.model.classify(pooled, text_emb, tokens)
+
+
+def gradcam_map(
+    model: nn.Module,
+    feature_map: torch.Tensor,
+    text_emb: torch.Tensor | None,
+    class_idx: int,
+    out_shape: tuple[int, int, int],
+) -> np.ndarray:
+    """Grad-CAM of logit ``class_idx`` resized to ``out_shape``; values in [0, 1].
+
+    Args:
+        model: the composed model (needs ``embed`` and ``classify``).
+        feature_map: ``[1, C, x, y, z]`` encoder output (any device).
+        text_emb: ``[1, T]`` text embedding used for the prediction being explained.
+        class_idx: index of the finding's logit.
+        out_shape: spatial shape of the preprocessed image.
+    """
+    head = FeatureHead(model)
+    cam = GradCAM(nn_module=head, target_layers="features")
+    # Tensors made under inference_mode cannot enter autograd: clone them as ordinary tensors.
+    with torch.enable_grad():
+        fm = feature_map.detach().clone().requires_grad_(True)
+        emb = None if text_emb is None else text_emb.detach().clone()
+        heat = cam(x=fm, class_idx=class_idx, text_emb=emb)  # [1, 1, x, y, z], normalised
+    heat = heat.detach().float()
+    heat = F.interpolate(heat, size=tuple(int(s) for s in out_shape), mode="trilinear", align_corners=False)
+    heat = heat[0, 0].clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
+    model.zero_grad(set_to_none=True)
+    return heat
+
+
+class GradCamExplainer:
+    """Callable ``finding -> Explanation`` attached to a :class:`~medmm.inference.result.Result`.
+
+    Holds only the (small) feature map and text embedding of the prediction, not the encoder
+    input, so it stays cheap to keep around.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        feature_map: torch.Tensor,
+        text_emb: torch.Tensor | None,
+        labels: list[str],
+        image_shape: tuple[int, int, int],
+        image_affine: np.ndarray,
+        findings: dict[str, dict[str, Any]],
+        details_fn: Any = None,
+    ):
+        self.model = model
+        self.feature_map = feature_map.detach()
+        self.text_emb = None if text_emb is None else text_emb.detach()
+        self.labels = list(labels)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.image_affine = np.asarray(image_affine, dtype=np.float64)
+        self.findings = findings
+        self.details_fn = details_fn
+
+    def heatmap(self, finding: str):
+        """Grad-CAM of ``finding`` as a :class:`medmm.io.Volume` on the preprocessed grid."""
+        from medmm.io import Volume
+
+        heat = gradcam_map(self.model, self.feature_map, self.text_emb, self.labels.index(finding), self.image_shape)
+        return Volume(array=heat, affine=self.image_affine.copy(), meta={"kind": "gradcam", "finding": finding})
+
+    def __call__(self, finding: str) -> Explanation:
+        row = self.findings[finding]
+        heatmap = self.heatmap(finding)
+        details = self.details_fn(finding) if self.details_fn is not None else {}
+        return Explanation(
+            finding=finding,
+            heatmap=heatmap,
+            probability=float(row["probability"]),
+            ontology_path=list(row.get("ontology_path") or []),
+            details=details,
+        )

@@ -1,0 +1,105 @@
+"""JSON Schema (draft 2020-12) of ``result.json`` (``medmm.result/1``), as data.
+
+Documented in ``docs/inference.md``; tests validate every written ``result.json`` against it
+(``jsonschema``, a dev dependency through nbformat). No property may carry patient identity:
+``input`` holds geometry and de-identified acquisition facts only.
+"""
+
+from __future__ import annotations
+
+_NUM3 = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+_INT3 = {"type": "array", "items": {"type": "integer"}, "minItems": 3, "maxItems": 3}
+
+FINDING_SCHEMA = {
+    "type": "object",
+    "required": ["finding", "probability_raw", "probability", "threshold", "positive", "codes", "ontology_path", "repaired"],
+    "additionalProperties": False,
+    "properties": {
+        "finding": {"type": "string"},
+        "probability_raw": {"type": "number", "minimum": 0, "maximum": 1},
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+        "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+        "positive": {"type": "boolean"},
+        "codes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["system", "code", "match"],
+                "properties": {
+                    "system": {"type": "string"},
+                    "code": {"type": "string"},
+                    "match": {"enum": ["exact", "close"]},
+                },
+            },
+        },
+        "ontology_path": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "repaired": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+RESULT_JSON_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "medmm result",
+    "type": "object",
+    "required": ["schema", "model", "input", "preprocessed", "inference", "indication", "report", "findings", "consistency"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": "medmm.result/1"},
+        "model": {
+            "type": "object",
+            "required": ["id", "run", "checkpoint", "labels", "ontology_sha256", "medmm_version"],
+            "properties": {
+                "id": {"type": "string"},
+                "run": {"type": "string"},
+                "checkpoint": {"type": "string"},
+                "labels": {"type": "array", "items": {"type": "string"}},
+                "ontology_sha256": {"type": ["string", "null"]},
+                "medmm_version": {"type": "string"},
+            },
+        },
+        "input": {
+            "type": "object",
+            "required": ["shape", "spacing", "orientation"],
+            "additionalProperties": False,
+            "properties": {
+                "shape": _INT3,
+                "spacing": _NUM3,
+                "orientation": {"type": "string", "pattern": "^[LRAPSI]{3}$"},
+                "modality": {"type": "string"},
+                "manufacturer": {"type": "string"},
+                "slice_thickness": {"type": ["number", "null"]},
+                "source_format": {"type": "string"},
+                "n_files": {"type": "integer"},
+            },
+        },
+        "preprocessed": {
+            "type": "object",
+            "required": ["shape", "spacing", "feature_shape"],
+            "properties": {"shape": _INT3, "spacing": _NUM3, "feature_shape": _INT3},
+        },
+        "inference": {
+            "type": "object",
+            "required": ["sliding_window", "roi_size", "overlap", "mode", "device", "seconds"],
+            "properties": {
+                "sliding_window": {"type": "boolean"},
+                "roi_size": _INT3,
+                "overlap": {"type": "number"},
+                "mode": {"enum": ["constant", "gaussian"]},
+                "device": {"type": "string"},
+                "seconds": {"type": "number"},
+            },
+        },
+        "indication": {"type": ["string", "null"]},
+        "report": {"type": "string"},
+        "findings": {"type": "array", "items": FINDING_SCHEMA, "minItems": 1},
+        "consistency": {
+            "type": "object",
+            "required": ["n_repairs", "repairs", "max_change"],
+            "properties": {
+                "n_repairs": {"type": "integer", "minimum": 0},
+                "repairs": {"type": "array", "items": {"type": "string"}},
+                "max_change": {"type": "number", "minimum": 0},
+            },
+        },
+    },
+}

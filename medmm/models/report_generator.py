@@ -1,0 +1,214 @@
+"""Report generator: a transformers causal LM conditioned on the image tokens.
+
+Conditioning (ClipCap-style prefix, Mokady et al. 2021, "ClipCap: CLIP Prefix for Image
+Captioning"): a learned projector maps each image token into the LM's embedding space and the
+projected tokens are prepended to the report's token embeddings. The LM attends to them like to
+any earlier word; the loss is taken only on report tokens. With ``conditioning: cross_attention``
+the from-scratch GPT-2 gets cross-attention layers that attend to the projected tokens instead.
+
+The default LM is a small GPT-2 built from ``GPT2Config`` and trained from scratch with the text
+encoder's (WordPiece) tokenizer, mapping bos=[CLS], eos=[SEP], pad=[PAD]. A local causal-LM
+folder is loaded with ``AutoModelForCausalLM`` and its own tokenizer.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmm.models.config import ReportGeneratorConfig
+from medmm.models.pretrained import load_causal_lm, load_tokenizer
+
+IGNORE_INDEX = -100  # label value cross-entropy skips (transformers' convention)
+
+
+def special_token_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """``(bos, eos, pad)`` ids: GPT-style tokens when present, else BERT's [CLS]/[SEP]/[PAD]."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if bos is None:
+        bos = eos
+    if eos is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither an eos nor a [SEP] token")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return int(bos), int(eos), int(pad)
+
+
+def _never_generate(tokenizer: Any, eos_id: int) -> list[int]:
+    """Special and placeholder tokens a report must never contain ([CLS], [PAD], [MASK], [unusedN], ...)."""
+    ids = set(tokenizer.all_special_ids) - {eos_id}
+    ids |= {i for tok, i in tokenizer.get_vocab().items() if re.fullmatch(r"\[unused\d+\]", tok)}
+    return sorted(ids)
+
+
+_SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
+
+
+def tidy_report(text: str) -> str:
+    """Collapse whitespace and capitalise sentence starts (an uncased WordPiece LM writes lowercase)."""
+    text = " ".join(text.split())
+    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
+
+
+class ReportGenerator(nn.Module):
+    """Causal LM + image-token projector with a teacher-forced loss and beam/greedy decoding.
+
+    Args:
+        cfg: generator settings (LM sizes or path, conditioning, decoding defaults).
+        image_dim: width ``D`` of the image tokens.
+        tokenizer: tokenizer to reuse for the from-scratch decoder (the text encoder's); a loaded
+            LM always uses its own.
+    """
+
+    def __init__(self, cfg: ReportGeneratorConfig, image_dim: int, tokenizer: Any):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.name_or_path is None:
+            from transformers import GPT2Config, GPT2LMHeadModel
+
+            self.tokenizer = tokenizer
+            self.bos_id, self.eos_id, self.pad_id = special_token_ids(tokenizer)
+            lm_config = GPT2Config(
+                vocab_size=len(tokenizer),
+                n_positions=cfg.n_positions,
+                n_embd=cfg.n_embd,
+                n_layer=cfg.n_layer,
+                n_head=cfg.n_head,
+                resid_pdrop=cfg.dropout,
+                embd_pdrop=cfg.dropout,
+                attn_pdrop=cfg.dropout,
+                bos_token_id=self.bos_id,
+                eos_token_id=self.eos_id,
+                pad_token_id=self.pad_id,
+                add_cross_attention=cfg.conditioning == "cross_attention",
+            )
+            self.lm = GPT2LMHeadModel(lm_config)
+        else:
+            self.tokenizer = load_tokenizer(cfg.name_or_path, where="network.report_generator.name_or_path")
+            self.lm = load_causal_lm(cfg.name_or_path)
+            self.bos_id, self.eos_id, self.pad_id = special_token_ids(self.tokenizer)
+        self.suppress_ids = _never_generate(self.tokenizer, self.eos_id)
+        width = int(self.lm.get_input_embeddings().embedding_dim)
+        # two-layer MLP projector (ClipCap / LLaVA-1.5 style) from image tokens to LM embeddings
+        self.projector = nn.Sequential(nn.Linear(image_dim, width), nn.GELU(), nn.Linear(width, width))
+
+    # ----------------------------------------------------------------------------- helpers
+    def _report_ids(self, reports: Sequence[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[bos] report [eos]`` ids right-padded, and the mask of real (non-pad) positions."""
+        enc = self.tokenizer(
+            [r or "" for r in reports],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.cfg.max_report_tokens,
+        )["input_ids"]
+        seqs = [[self.bos_id, *ids, self.eos_id] for ids in enc]
+        length = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        return ids.to(device), mask.to(device)
+
+    def _prefix(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.projector(tokens).to(self.lm.dtype)
+
+    # ----------------------------------------------------------------------------- training
+    def loss(self, tokens: torch.Tensor, reports: Sequence[str]) -> torch.Tensor:
+        """Teacher-forced next-token cross-entropy over report tokens (and eos) only.
+
+        Args:
+            tokens: image tokens ``[B, N, D]``.
+            reports: one reference report per image.
+
+        Returns:
+            Scalar mean loss; the image prefix, the given bos token and padding carry no loss.
+        """
+        if len(reports) != tokens.shape[0]:
+            raise ValueError(f"{len(reports)} reports for {tokens.shape[0]} images")
+        ids, mask = self._report_ids(reports, tokens.device)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labels[:, 0] = IGNORE_INDEX  # bos is given, never predicted
+        prefix = self._prefix(tokens)
+        embeds = self.lm.get_input_embeddings()(ids)
+        if self.cfg.conditioning == "cross_attention":
+            logits = self.lm(inputs_embeds=embeds, attention_mask=mask, encoder_hidden_states=prefix).logits
+        else:
+            n_prefix = prefix.shape[1]
+            embeds = torch.cat([prefix, embeds], dim=1)
+            mask = torch.cat([mask.new_ones(mask.shape[0], n_prefix), mask], dim=1)
+            labels = torch.cat([labels.new_full((labels.shape[0], n_prefix), IGNORE_INDEX), labels], dim=1)
+            logits = self.lm(inputs_embeds=embeds, attention_mask=mask).logits
+        # position t predicts token t+1
+        return F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+        )
+
+    # ----------------------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: torch.Tensor,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        repetition_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
+        length_penalty: float | None = None,
+    ) -> list[str]:
+        """Write one report per image (greedy when ``num_beams == 1``, else beam search).
+
+        Unset arguments take the config's decoding defaults. Runs the LM in eval mode (no
+        dropout, so greedy decoding is deterministic) and restores the previous mode.
+        """
+        from transformers import GenerationConfig
+
+        cfg = self.cfg
+        gen_config = GenerationConfig(
+            max_new_tokens=max_new_tokens or cfg.max_new_tokens,
+            num_beams=num_beams or cfg.num_beams,
+            do_sample=False,
+            repetition_penalty=repetition_penalty or cfg.repetition_penalty,
+            no_repeat_ngram_size=cfg.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
+            length_penalty=cfg.length_penalty if length_penalty is None else length_penalty,
+            early_stopping=(num_beams or cfg.num_beams) > 1,
+            bos_token_id=self.bos_id,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            suppress_tokens=self.suppress_ids or None,
+        )
+        was_training = self.training
+        self.eval()
+        try:
+            with warnings.catch_warnings():
+                # the penalties are meant for the report only; the image prefix has no token ids
+                warnings.filterwarnings("ignore", message=r"Passing `(repetition_penalty|no_repeat_ngram_size)`")
+                batch = tokens.shape[0]
+                prefix = self._prefix(tokens)
+                bos = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=tokens.device)
+                if cfg.conditioning == "cross_attention":
+                    out = self.lm.generate(
+                        input_ids=bos,
+                        attention_mask=torch.ones_like(bos),
+                        encoder_hidden_states=prefix,
+                        generation_config=gen_config,
+                    )
+                    out = out[:, 1:]  # drop the bos we gave
+                else:
+                    embeds = torch.cat([prefix, self.lm.get_input_embeddings()(bos)], dim=1)
+                    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=tokens.device)
+                    # with only inputs_embeds, generate returns just the new tokens
+                    out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=gen_config)
+        finally:
+            self.train(was_training)
+        return self.decode(out)
+
+    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
+        """Token ids → readable reports (special tokens dropped, WordPiece ``##`` joined, spaces tidied)."""
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        return [tidy_report(t) for t in texts]

@@ -1,0 +1,242 @@
+"""The run directory: resolved workflow, metrics, resume state, model card — all written atomically.
+
+Layout (``medmm train`` / `medmm.training.train`)::
+
+    <run_dir>/
+      workflow.yaml        fully resolved workflow the run used (re-loadable with load_workflow)
+      medmm.json           checkpoint metadata (labels, thresholds, preprocessing, inferer,
+                           ontology sha256, data split patient-id hashes, versions, metrics)
+      best.safetensors     weights with the best validation macro AUROC
+      last.safetensors     weights after the latest epoch (or at Ctrl-C)
+      metrics.jsonl        one JSON object per epoch (deterministic: no wall-clock values)
+      timing.jsonl         per-epoch data-loading vs compute seconds (machine dependent)
+      state.json           resume state: epoch, step, early stopping, scheduler, RNG, report cache
+      state.safetensors    resume tensors: optimizer moments, RNG byte states, AMP scaler
+      model_card.md        human summary with validation metrics
+      tb/                  TensorBoard events
+
+Resume state is safetensors + JSON (never pickle): optimizer ``state_dict`` tensors are flattened
+to ``optimizer.<param index>.<name>`` keys and everything else goes to JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_JSON = "state.json"
+STATE_TENSORS = "state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+TIMING_FILE = "timing.jsonl"
+WORKFLOW_FILE = "workflow.yaml"
+CARD_FILE = "model_card.md"
+
+
+# ------------------------------------------------------------------------------- atomic writes
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run artefacts are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_jsonl(path: str | Path, records: list[Mapping[str, Any]]) -> Path:
+    """Rewrite a JSON-lines file with ``records`` (atomic; sorted keys so output is reproducible)."""
+    return atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file ([] if absent)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def default_run_dir(run_root: str | Path, name: str) -> Path:
+    """``<run_root>/<name>-<UTC timestamp>`` (a numeric suffix avoids collisions)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = Path(run_root).expanduser() / f"{name}-{stamp}"
+    candidate, i = base, 1
+    while candidate.exists():
+        candidate, i = Path(f"{base}-{i}"), i + 1
+    return candidate
+
+
+def hash_patient_id(patient_id: str) -> str:
+    """Pseudonymous key of a patient id as stored in ``medmm.json`` (``data.patient_id_sha256``).
+
+    Run directories are shared artefacts, so they hold no patient ids; evaluation hashes the ids
+    of its manifest with this function and refuses scans whose hash is in the training split.
+    """
+    return hashlib.sha256(f"medmm-patient:{patient_id}".encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------- resume state
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, entries in info.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(entries)
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Torch (CPU + CUDA) RNG states as tensors; Python and NumPy states as JSON."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    info = {"python": [py_version, list(py_state), py_gauss],
+            "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)]}
+    return tensors, info
+
+
+def set_rng_state(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    if "python" in info:
+        version, state, gauss = info["python"]
+        random.setstate((version, tuple(state), gauss))
+    if "numpy" in info:
+        name, keys, pos, has_gauss, gauss = info["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def save_state(run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+               progress: Mapping[str, Any]) -> None:
+    """Write ``state.safetensors`` + ``state.json`` (JSON last: its presence marks a complete state)."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    opt_tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
+    rng_tensors, rng_info = rng_state()
+    tensors = {**opt_tensors, **rng_tensors}
+    scaler_state = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{STATE_TENSORS}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, run_dir / STATE_TENSORS)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    info = {"optimizer": opt_info, "scheduler": _jsonable(scheduler.state_dict()), "scaler": scaler_state,
+            "rng": rng_info, **progress}
+    atomic_write(run_dir / STATE_JSON, json.dumps(_jsonable(info), indent=1, sort_keys=True))
+
+
+def load_state(run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> dict[str, Any]:
+    """Restore optimizer/scheduler/scaler/RNG from a run directory; returns the progress dict."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / STATE_JSON).read_text(encoding="utf-8"))
+    tensors = load_file(str(run_dir / STATE_TENSORS))
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, info.pop("optimizer")))
+    scheduler.load_state_dict(info.pop("scheduler"))
+    scaler_state = info.pop("scaler", None)
+    if scaler is not None and scaler_state:
+        scaler.load_state_dict(scaler_state)
+    set_rng_state(tensors, info.pop("rng", {}))
+    return info
+
+
+def _jsonable(value: Any) -> Any:
+    """Recursively turn tensors/numpy/paths/tuples into JSON values; drop callables (lr lambdas)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items() if not callable(v)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value if not callable(v)]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# -------------------------------------------------------------------------------- model card
+def model_card(name: str, meta: Mapping[str, Any], history: list[Mapping[str, Any]]) -> str:
+    """Markdown summary of a run: data, protocol and validation metrics of the best epoch."""
+    best = meta.get("metrics", {})
+    thresholds = meta.get("thresholds", {})
+    per_label = best.get("val_auroc", {})
+    counts = meta.get("data", {}).get("n_cases", {})
+    lines = [
+        f"# Model card: {name}",
+        "",
+        "Research prototype for chest-CT finding classification and report generation. "
+        "**Not a medical device; not for clinical use.**",
+        "",
+        "## Data",
+        f"- source: {meta.get('data', {}).get('source')}; cases: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        "- split: by patient (no patient in more than one split)",
+        f"- labels ({len(meta.get('labels', []))}): " + ", ".join(meta.get("labels", [])),
+        "",
+        "## Protocol",
+        f"- best epoch {best.get('epoch')} of {len(history)} by validation macro AUROC over "
+        f"{len(meta.get('eval_labels', []))} evaluated findings (those with both classes in validation)",
+        f"- thresholds per finding chosen on validation by {meta.get('threshold_rule')}",
+        "- fusion text: generated report + optional indication (never the reference report)",
+        f"- ontology sha256 {str(meta.get('ontology', {}).get('sha256'))[:16]}…",
+        "",
+        "## Validation metrics (best epoch)",
+        f"- macro AUROC (evaluated findings): {_fmt(best.get('val_macro_auroc'))}",
+        f"- macro AUROC (all findings with both classes): {_fmt(best.get('val_macro_auroc_all'))}",
+        f"- constraint violation rate: {_fmt(best.get('val_violation_rate'))}",
+        "",
+        "| finding | AUROC | threshold |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {label} | {_fmt(per_label.get(label))} | {_fmt(thresholds.get(label))} |"
+              for label in meta.get("labels", [])]
+    lines += ["", "Findings without both classes in validation show no AUROC.", ""]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,132 @@
+"""Validation: predict with inference-time text only, macro AUROC, per-finding thresholds.
+
+The fusion head sees exactly what it would see at inference: the report the model generates
+from the image, plus the optional clinical indication — never the reference report. That is
+what ``tests/training/test_leakage.py`` checks (shuffling reference reports changes nothing).
+
+Thresholds (one per finding) are chosen on validation and stored in ``medmm.json``:
+``f1`` maximises F1 over the observed scores (ties → the lower threshold, favouring
+sensitivity); ``youden`` maximises sensitivity + specificity − 1 on the ROC curve
+(scikit-learn ``roc_curve``). Findings without both classes in validation keep 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def fusion_texts(reports: Sequence[str] | None, indications: Sequence[str], use_generated_report: bool,
+                 use_indication: bool) -> list[str]:
+    """Fusion-head texts for a batch via `medmm.models.fusion_text` (the one shared format).
+
+    Args:
+        reports: reports the model generated for these images (None/ignored when not used).
+        indications: clinical indications (``""`` when absent).
+        use_generated_report / use_indication: which parts the workflow feeds to the fusion head.
+    """
+    from medmm.models import fusion_text
+
+    n = len(indications)
+    reports = list(reports) if use_generated_report and reports is not None else [""] * n
+    indications = list(indications) if use_indication else [""] * n
+    return [fusion_text(r, i or None) for r, i in zip(reports, indications)]
+
+
+@torch.no_grad()
+def predict(model: Any, loader: Any, device: torch.device, use_generated_report: bool = True,
+            use_indication: bool = True, amp: bool = False) -> dict[str, Any]:
+    """Probabilities, labels and generated reports for every item of ``loader``.
+
+    Returns:
+        ``{"probs": [N, L] float64, "labels": [N, L] (1/0/-1), "logits": [N, L], "case_ids": [...],
+        "reports": [...]}`` in loader order. The items' ``report`` field is never read.
+    """
+    was_training = model.training
+    model.eval()
+    probs, labels, logits_all, case_ids, generated = [], [], [], [], []
+    for batch in loader:
+        x = batch["image"].to(device)
+        with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+            pooled, tokens = model.embed(model.feature_map(x))
+            reports = model.generate_reports(tokens) if use_generated_report else [""] * x.shape[0]
+            texts = fusion_texts(reports, batch["indication"], use_generated_report, use_indication)
+            text_emb = model.encode_text(texts) if model.uses_text else None
+            logits = model.classify(pooled, text_emb, tokens).float()
+        logits_all.append(logits.cpu())
+        probs.append(torch.sigmoid(logits).cpu())
+        labels.append(batch["label"].cpu())
+        case_ids += list(batch["case_id"])
+        generated += list(reports)
+    model.train(was_training)
+    cat = (lambda xs: torch.cat(xs).double().numpy()) if probs else (lambda xs: np.zeros((0, 0)))
+    return {"probs": cat(probs), "labels": cat(labels), "logits": cat(logits_all), "case_ids": case_ids,
+            "reports": generated}
+
+
+def per_label_auroc(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    """AUROC of each label that has both classes among its known (>= 0) entries."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, float] = {}
+    for j, name in enumerate(labels):
+        known = y[:, j] >= 0
+        yj = y[known, j]
+        if yj.size and 0 < yj.sum() < yj.size:
+            out[name] = float(roc_auc_score(yj, p[known, j]))
+    return out
+
+
+def macro_auroc(per_label: dict[str, float], subset: Sequence[str] | None = None) -> float | None:
+    """Mean AUROC over ``subset`` (or all) labels present in ``per_label``; None if none is."""
+    names = [n for n in (subset if subset is not None else per_label) if n in per_label]
+    return float(np.mean([per_label[n] for n in names])) if names else None
+
+
+def choose_thresholds(y: np.ndarray, p: np.ndarray, labels: Sequence[str], rule: str = "f1") -> dict[str, float]:
+    """One decision threshold per label, chosen on validation (see module docstring)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    out: dict[str, float] = {}
+    for j, name in enumerate(labels):
+        known = y[:, j] >= 0
+        yj, pj = y[known, j], p[known, j]
+        if not (yj.size and 0 < yj.sum() < yj.size):
+            out[name] = 0.5
+            continue
+        if rule == "youden":
+            fpr, tpr, thr = roc_curve(yj, pj)
+            k = int(np.argmax(tpr - fpr))
+            out[name] = float(min(thr[k], 1.0))
+        else:
+            precision, recall, thr = precision_recall_curve(yj, pj)
+            f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
+            best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+            out[name] = float(thr[best[0]])
+    return out
+
+
+def validation_metrics(pred: dict[str, Any], labels: Sequence[str], eval_labels: Sequence[str] | None,
+                       constraints: Any = None) -> dict[str, Any]:
+    """Macro AUROC (evaluated labels and all labels), per-label AUROC, BCE and violation rate."""
+    y, p = pred["labels"], pred["probs"]
+    per_label = per_label_auroc(y, p, labels)
+    known = y >= 0
+    logits = torch.as_tensor(pred["logits"])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.as_tensor(np.clip(y, 0, 1)), reduction="none")
+    metrics = {
+        "val_macro_auroc": macro_auroc(per_label, eval_labels),
+        "val_macro_auroc_all": macro_auroc(per_label),
+        "val_auroc": per_label,
+        "val_bce": float((bce * torch.as_tensor(known)).sum() / max(1, int(known.sum()))),
+        "val_n_eval_labels": len([n for n in (eval_labels or labels) if n in per_label]),
+    }
+    if constraints is not None and len(p):
+        from medmm.knowledge import violation_rate
+
+        metrics["val_violation_rate"] = float(violation_rate(torch.as_tensor(p, dtype=torch.float32), constraints))
+    return metrics

@@ -1,0 +1,116 @@
+"""Writers: result.json schema, self-contained HTML, DICOM SR codes and references, FHIR, PHI, policy."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from inference_helpers import assert_no_phi
+
+from medmm.errors import MedmmInputError
+from medmm.inference.schema import RESULT_JSON_SCHEMA
+from medmm.inference.writers import check_out_dir, scan_name, write_outputs
+
+
+@pytest.fixture
+def dicom_result(tiny_predictor, scans):
+    result = tiny_predictor.predict(scans["dicom"], indication="chest pain")
+    # make two findings positive so the HTML gets Grad-CAM panels and the SR both Present/Absent
+    for name in ("Pleural effusion", "Hiatal hernia"):
+        result.finding(name)["positive"] = True
+    return result
+
+
+def test_all_outputs(dicom_result, scans, tmp_path):
+    import highdicom as hd
+    import jsonschema
+    import pydicom
+
+    out = tmp_path / "out"
+    written = write_outputs(dicom_result, out, input_path=scans["dicom"], dicom_sr=True, fhir=True)
+    assert set(written) == {"json", "html", "dicom_sr", "fhir"}
+    assert sorted(p.name for p in out.iterdir()) == ["fhir.json", "report.html", "report_sr.dcm", "result.json"]
+
+    doc = json.loads((out / "result.json").read_text())
+    jsonschema.validate(doc, RESULT_JSON_SCHEMA)
+
+    page = (out / "report.html").read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) >= 2 + 4  # key slices + axial/coronal Grad-CAM for 2 positives
+    assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
+    assert "http://" not in page and "https://" not in page  # offline: no external assets
+
+    raw = (out / "report_sr.dcm").read_bytes()
+    assert raw[:128] == b"\x00" * 128 and raw[128:132] == b"DICM"
+    ds = pydicom.dcmread(out / "report_sr.dcm")
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    sr = hd.sr.srread(out / "report_sr.dcm")
+    groups = sr.content.get_image_measurement_groups()
+    assert len(groups) == len(dicom_result.findings)
+    decisions = {}
+    for group in groups:
+        (evaluation,) = group.get_qualitative_evaluations()
+        decisions[group.finding_type.meaning] = (group.finding_type.scheme_designator, evaluation.value.meaning)
+    assert decisions["Pleural effusion"] == ("SCT", "Present")
+    assert decisions["Hiatal hernia"] == ("99MEDMM", "Present")  # only a close SNOMED match: local code
+    assert sum(v[1] == "Absent" for v in decisions.values()) == sum(not r["positive"] for r in dicom_result.findings)
+    text = str(ds)
+    assert "60046008" in text  # Pleural effusion, SNOMED CT (exact match in the ontology)
+    assert "99MEDMM" in text  # findings with only close matches use the local scheme
+    assert "52101004" in text and "272519000" in text  # Present and Absent
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in dicom_result.source_files}
+    assert referenced == sources
+    assert str(ds.PatientName) == "ANONYMOUS^" and ds.PatientID == "ANONYMOUS"
+
+    bundle = json.loads((out / "fhir.json").read_text())
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert kinds == ["DiagnosticReport"] + ["Observation"] * 18
+    report = bundle["entry"][0]["resource"]
+    assert report["conclusion"] == dicom_result.report and len(report["result"]) == 18
+    assert "subject" not in report
+    assert_no_phi(list(out.iterdir()))
+
+
+def test_keep_phi_copies_patient_into_sr(dicom_result, scans, tmp_path):
+    import pydicom
+
+    write_outputs(dicom_result, tmp_path / "o", input_path=scans["dicom"], html=False, dicom_sr=True, keep_phi=True)
+    ds = pydicom.dcmread(tmp_path / "o" / "report_sr.dcm")
+    assert str(ds.PatientName) == "SENTINEL^PHI"
+
+
+def test_sr_needs_dicom(tiny_predictor, scans, tmp_path):
+    result = tiny_predictor.predict(scans["nifti"])
+    with pytest.raises(MedmmInputError, match="DICOM"):
+        write_outputs(result, tmp_path / "o", dicom_sr=True)
+
+
+@pytest.mark.parametrize(
+    "out_rel,input_kind,ok",
+    [("dicom_case/out", "dicom", False), ("dicom_case", "dicom", False), ("elsewhere", "dicom", True),
+     (".", "nifti", False), ("res/nifti_case", "nifti", True)],
+)
+def test_out_dir_policy(scans, out_rel, input_kind, ok):
+    src = scans[input_kind]
+    root = scans["dicom"].parent
+    out = root / out_rel
+    if ok:
+        assert check_out_dir(out, src) == out.resolve()
+    else:
+        with pytest.raises(MedmmInputError, match="input"):
+            check_out_dir(out, src)
+
+
+@pytest.mark.parametrize(
+    "path,name", [("/d/case_07.nii.gz", "case_07"), ("/d/scan.zip", "scan"), ("/d/A b/", "A_b"), ("x.nii", "x")]
+)
+def test_scan_name(path, name):
+    assert scan_name(path) == name

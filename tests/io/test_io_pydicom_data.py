@@ -1,0 +1,116 @@
+"""Every CT/MR file shipped with pydicom decodes correctly or fails with a clear MedmmInputError."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medmm.errors import MedmmInputError
+from medmm.io import Volume, load_volume
+from medmm.io.pixels import decode_file
+
+pydicom = pytest.importorskip("pydicom")
+
+
+def pydicom_ct_mr_files() -> list[Path]:
+    """pydicom's bundled test files whose Modality is CT or MR (no download)."""
+    from pydicom.data import get_testdata_files
+
+    out = []
+    for f in get_testdata_files():
+        if not os.path.isfile(f):
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+        except Exception:
+            continue
+        if str(ds.get("Modality", "")).upper() in ("CT", "MR"):
+            out.append(Path(f))
+    return sorted(out)
+
+
+FILES = pydicom_ct_mr_files()
+DATA_ROOT = Path(FILES[0]).parents[0] if FILES else None
+
+
+def _id(p: Path) -> str:
+    return str(p).split("test_files/")[-1]
+
+
+def _one_line(err: MedmmInputError, path: Path) -> None:
+    assert "\n" not in str(err) and str(path.parent) in str(err)
+
+
+def test_there_are_many_files():
+    assert len(FILES) >= 30
+
+
+@pytest.mark.parametrize("src", FILES, ids=_id)
+def test_load_volume_never_crashes(tmp_path, src):
+    path = tmp_path / src.name
+    shutil.copy(src, path)
+    try:
+        vol = load_volume(path)
+    except MedmmInputError as err:
+        _one_line(err, path)
+        return
+    assert isinstance(vol, Volume) and np.isfinite(vol.array).all() and min(vol.shape) >= 1
+
+
+def _reference(path: Path):
+    """pydicom's own decode + modality LUT, or None when pydicom cannot decode it either."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+        arr = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    except Exception:
+        return None, None
+    return ds, arr
+
+
+@pytest.mark.parametrize("src", FILES, ids=_id)
+def test_decode_matches_pydicom_or_clear_error(tmp_path, src):
+    from medmm.io.pixels import needs_inversion
+
+    path = tmp_path / src.name
+    shutil.copy(src, path)
+    try:
+        frames = decode_file(path)
+    except MedmmInputError as err:
+        _one_line(err, path)
+        return
+    ds, ref = _reference(path)
+    if ref is None:
+        return
+    ref = ref.reshape(frames.shape)
+    if needs_inversion(ds):
+        pytest.skip("MONOCHROME1 non-CT is inverted on purpose; covered in test_io_dicom")
+    np.testing.assert_allclose(frames, ref, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.skipif(DATA_ROOT is None, reason="no pydicom test data")
+@pytest.mark.parametrize(
+    "rel, expect",
+    [
+        ("dicomdirtests/98892001/CT5N", (16, 16, 5)),
+        ("dicomdirtests/98892003/MR700", "inconsistent ImageOrientationPatient"),
+        ("dicomdirtests", "3 CT/MR series found"),
+        ("dicomdirtests/DICOMDIR", "3 CT/MR series found"),
+        ("dicomdirtests/TINY_ALPHA", "no DICOM images found"),
+    ],
+)
+def test_pydicom_folders_in_place(rel, expect):
+    path = DATA_ROOT / rel
+    if not path.exists():
+        pytest.skip(f"{rel} not shipped with this pydicom")
+    if isinstance(expect, tuple):
+        vol = load_volume(path)
+        assert vol.shape == expect and vol.meta["modality"] == "CT"
+        return
+    with pytest.raises(MedmmInputError, match=expect):
+        load_volume(path)

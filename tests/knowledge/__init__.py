@@ -1,0 +1,1 @@
+"""Tests of medmm.knowledge (a package so module names stay unique across tests/)."""

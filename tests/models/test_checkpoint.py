@@ -1,0 +1,187 @@
+"""Checkpoints: safetensors + medmm.json round trip, pretrained weights skipped, pickle refused."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from medmm.errors import MedmmInputError
+from medmm.models import MedMM, load_checkpoint, save_checkpoint
+
+from .conftest import REPORTS
+
+LABELS = ["Emphysema", "Cardiomegaly", "Atelectasis"]
+
+
+def _outputs(model: MedMM, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    model.eval()
+    with torch.no_grad():
+        pooled, tokens = model.embed(model.feature_map(image))
+        reports = model.generate_reports(tokens, max_new_tokens=6)
+        texts = [f"indication: cough\n{r}" for r in reports]
+        logits = model(image, texts) if model.uses_text else model(image)
+        return logits, model.report_loss(tokens, REPORTS), reports
+
+
+def _trained(model: MedMM, image: torch.Tensor) -> MedMM:
+    """Two optimiser steps so saved weights differ from a fresh initialisation."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        pooled, tokens = model.embed(model.feature_map(image))
+        text_emb = model.encode_text(["a", "b"]) if model.uses_text else None
+        loss = model.classify(pooled, text_emb, tokens).sum() + model.report_loss(tokens, REPORTS)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def _keys(path: Path) -> list[str]:
+    with safe_open(str(path), framework="pt") as fh:
+        return list(fh.keys())
+
+
+@pytest.mark.parametrize(
+    ("text", "fusion", "encoder_keys_saved"),
+    [
+        ({"tuning": "frozen"}, {}, "none"),
+        ({"tuning": "partial", "trainable_layers": 1}, {"mode": "gated"}, "layer1"),
+        ({"tuning": "full"}, {"mode": "cross_attention"}, "all"),
+        ({}, {"use_text": False}, "none"),
+    ],
+)
+def test_round_trip_gives_identical_outputs(tiny_config, image, tmp_path, text, fusion, encoder_keys_saved):
+    torch.manual_seed(0)
+    model = _trained(MedMM(tiny_config(text=text, fusion=fusion), LABELS), image)
+    path = save_checkpoint(model, tmp_path, "best", {"thresholds": {k: 0.5 for k in LABELS}, "epoch": 3})
+    assert path == tmp_path / "best.safetensors"
+    encoder_keys = [k for k in _keys(path) if k.startswith("text_encoder.")]
+    if encoder_keys_saved == "none":
+        assert encoder_keys == []
+    elif encoder_keys_saved == "layer1":
+        assert encoder_keys and all(k.startswith("text_encoder.model.encoder.layer.1.") for k in encoder_keys)
+    else:
+        assert any(k.startswith("text_encoder.model.embeddings.") for k in encoder_keys)
+
+    expected = _outputs(model, image)
+    loaded, meta = load_checkpoint(tmp_path, "best")
+    got = _outputs(loaded, image)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]) and got[2] == expected[2]
+    assert not loaded.training
+    assert meta["labels"] == LABELS and meta["epoch"] == 3 and meta["thresholds"]["Emphysema"] == 0.5
+    assert meta["model"] == model.config.model_dump(mode="json")
+    assert {"torch", "monai", "transformers", "medmm"} <= set(meta["versions"])
+
+
+def test_medmm_json_merges_meta_and_tracks_each_checkpoint(tiny_config, image, tmp_path):
+    model = MedMM(tiny_config(), LABELS)
+    save_checkpoint(model, tmp_path, "last", {"epoch": 1, "run_id": "r1"})
+    save_checkpoint(model, tmp_path, "best", {"epoch": 2})
+    meta = json.loads((tmp_path / "medmm.json").read_text())
+    assert meta["epoch"] == 2 and meta["run_id"] == "r1"
+    assert set(meta["checkpoints"]) == {"last", "best"}
+    te = meta["text_encoder"]
+    assert te["saved"] == "none" and len(te["weights_sha256"]) == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "last.safetensors", "medmm.json"]
+
+
+def test_checkpoint_is_self_describing_without_medmm_json(tiny_config, image, tmp_path):
+    model = MedMM(tiny_config(), LABELS).eval()
+    save_checkpoint(model, tmp_path, "best")
+    (tmp_path / "medmm.json").unlink()
+    loaded, meta = load_checkpoint(tmp_path, "best")
+    assert meta["labels"] == LABELS
+    assert torch.equal(loaded(image, ["x", "y"]), model(image, ["x", "y"]))
+
+
+def test_gpt2_from_a_local_folder_round_trips(tiny_config, image, tmp_path, tiny_gpt2_dir):
+    torch.manual_seed(0)
+    model = _trained(MedMM(tiny_config(generator={"name_or_path": str(tiny_gpt2_dir)}), LABELS), image)
+    save_checkpoint(model, tmp_path, "best")
+    loaded, _ = load_checkpoint(tmp_path)
+    assert torch.equal(_outputs(loaded, image)[1], _outputs(model, image)[1])
+
+
+class _Exploit:
+    """Unpickling this would create a marker file: proves the loader never unpickles."""
+
+    marker: Path
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_pickle_checkpoint_is_refused_and_never_unpickled(tmp_path, how):
+    marker = tmp_path / "unpickled"
+    exploit = _Exploit()
+    exploit.marker = marker
+    path = tmp_path / "best.safetensors"
+    if how == "torch.save":
+        torch.save({"w": torch.zeros(2), "x": exploit}, path)
+    else:
+        path.write_bytes(pickle.dumps(exploit))
+    with pytest.raises(MedmmInputError, match="pickle") as info:
+        load_checkpoint(tmp_path, "best")
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+    if how == "pickle":  # the payload is live: unpickling it really would have run code
+        pickle.loads(path.read_bytes())
+        assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("setup", "match"),
+    [
+        (lambda d: shutil.rmtree(d), "checkpoint folder not found"),
+        (lambda d: None, "no checkpoint named 'best'; available: none"),
+        (lambda d: (d / "best.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage"), "not a valid safetensors"),
+        (lambda d: (d / "best.safetensors").write_bytes(b""), "not a valid safetensors"),
+    ],
+)
+def test_missing_or_corrupt_checkpoint_is_an_input_error(tmp_path, setup, match):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    setup(folder)
+    with pytest.raises(MedmmInputError, match=match):
+        load_checkpoint(folder, "best")
+
+
+def test_corrupt_medmm_json_is_an_input_error(tiny_config, tmp_path):
+    save_checkpoint(MedMM(tiny_config(), LABELS), tmp_path, "best")
+    (tmp_path / "medmm.json").write_text("{not json")
+    with pytest.raises(MedmmInputError, match="medmm.json.*metadata"):
+        load_checkpoint(tmp_path, "best")
+
+
+def test_weights_for_another_architecture_are_an_input_error(tiny_config, tmp_path):
+    from safetensors.torch import save_file
+
+    save_checkpoint(MedMM(tiny_config(), LABELS), tmp_path, "best")
+    header = {"format": "pt"}
+    with safe_open(str(tmp_path / "best.safetensors"), framework="pt") as fh:
+        header.update(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    tensors["fusion.head.3.weight"] = torch.zeros(7, 16)
+    save_file(tensors, str(tmp_path / "best.safetensors"), metadata=header)
+    with pytest.raises(MedmmInputError, match="do not fit"):
+        load_checkpoint(tmp_path, "best")
+
+
+def test_changed_pretrained_text_encoder_is_detected(tiny_config, tmp_path, tiny_bert_dir):
+    encoder_copy = tmp_path / "bert"
+    shutil.copytree(tiny_bert_dir, encoder_copy)
+    model = MedMM(tiny_config(text={"name_or_path": str(encoder_copy)}), LABELS)
+    save_checkpoint(model, tmp_path / "run", "best")
+    from transformers import BertModel
+
+    torch.manual_seed(123)
+    BertModel(BertModel.config_class.from_pretrained(encoder_copy)).save_pretrained(encoder_copy)
+    with pytest.raises(MedmmInputError, match="text encoder .* different weights"):
+        load_checkpoint(tmp_path / "run", "best")

@@ -1,0 +1,1 @@
+"""Reliability and security suite: the bad-input corpus and its tests."""

@@ -1,0 +1,84 @@
+"""Shared by the security/fault/determinism tests: a real (untrained) MedMM run directory and a
+DICOM series carrying planted PHI sentinels.
+
+The run is written with ``medmm.models.save_checkpoint`` and the ``medmm.json`` keys training
+writes, so ``load_model`` / ``medmm infer`` / ``medmm evaluate`` load it exactly like a trained
+run; training itself is not needed (and would cost minutes of CPU in every test session).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+PHI = {
+    "patient_name": "SENTINEL^PHINAME",
+    "patient_id": "SENTINELPID4711",
+    "birth_date": "19010203",
+    "study_date": "19020304",
+}
+UID_SEED = "reliability-phi-sentinel"
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def phantom(shape=(24, 24, 16), seed: int = 0) -> np.ndarray:
+    """Body ellipse in air with two darker lungs (HU)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[(grid[0] ** 2 + grid[1] ** 2) < 0.8] = 40.0
+    for cx in (-0.35, 0.35):
+        hu[((grid[0] - cx) ** 2 / 0.08 + grid[1] ** 2 / 0.3) < 1] = -850.0
+    return hu + rng.normal(0, 5, shape).astype(np.float32)
+
+
+def write_phi_series(out_dir: Path) -> tuple[Path, list[str]]:
+    """A DICOM series with PHI sentinels; returns (folder, sentinel strings: identity, dates, then
+    the source Study/Series/SOP Instance UIDs as the last three)."""
+    import pydicom
+
+    from medmm.io import write_dicom_series
+
+    files = write_dicom_series(phantom(), AFFINE, out_dir, series_description="chest", uid_seed=UID_SEED, **PHI)
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    sentinels = ["SENTINEL", PHI["patient_id"], PHI["birth_date"], PHI["study_date"],
+                 str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)]
+    return out_dir, sentinels
+
+
+def make_run(run_dir: Path, train_patient_ids=("train-patient",), roi=(16, 16, 16)) -> Path:
+    """Save an untrained default MedMM with the metadata training writes; return ``run_dir``."""
+    import torch
+
+    from medmm.knowledge import load_ontology
+    from medmm.labels import CT_RATE_FINDINGS
+    from medmm.models import MedMM, ModelConfig, save_checkpoint
+    from medmm.training.rundir import hash_patient_id
+
+    torch.manual_seed(0)
+    model = MedMM(ModelConfig(), labels=list(CT_RATE_FINDINGS))
+    meta = {
+        "name": "reliability-run",
+        "labels": list(CT_RATE_FINDINGS),
+        "thresholds": {label: 0.5 for label in CT_RATE_FINDINGS},
+        "preprocessing": {"spacing": [2.0, 2.0, 2.0], "hu_window": [-1000, 1000], "roi_size": list(roi)},
+        "inferer": {"roi_size": list(roi), "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1},
+        "ontology_sha256": load_ontology().sha256,
+        "data": {"patient_id_sha256": {"train": [hash_patient_id(p) for p in train_patient_ids], "val": []}},
+    }
+    save_checkpoint(model, run_dir, "best", meta=meta)
+    return run_dir
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run the ``medmm`` entry point in-process: (exit code, stdout, stderr)."""
+    from medmm.cli import main
+
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err

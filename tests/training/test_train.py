@@ -1,0 +1,129 @@
+"""End-to-end training on a tiny data set: run directory, determinism, resume, Ctrl-C, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from medmm.config import load_workflow
+from medmm.errors import MedmmConfigError
+from medmm.training import hash_patient_id, train
+from medmm.training.rundir import read_jsonl
+
+from training_helpers import TINY_LABELS, tiny_workflow
+
+RUN_FILES = ["workflow.yaml", "medmm.json", "best.safetensors", "last.safetensors", "metrics.jsonl",
+             "timing.jsonl", "state.json", "state.safetensors", "model_card.md"]
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny_manifest, tmp_path_factory):
+    return train(tiny_workflow(tiny_manifest), run_dir=tmp_path_factory.mktemp("runs") / "r1", verbose=False)
+
+
+def test_one_epoch_run_writes_a_complete_run_dir(one_epoch_run, tiny_manifest):
+    run = one_epoch_run
+    for name in RUN_FILES:
+        assert (run.run_dir / name).is_file(), name
+    assert any((run.run_dir / "tb").iterdir())
+    assert len(run.metrics) == 1 and run.best["epoch"] == 1
+    meta = run.meta
+    assert meta["labels"] == TINY_LABELS
+    assert set(meta["thresholds"]) == set(TINY_LABELS)
+    assert all(0.0 <= v <= 1.0 for v in meta["thresholds"].values())
+    assert meta["preprocessing"]["roi_size"] == [16, 16, 16]
+    assert meta["inferer"]["roi_size"] == [16, 16, 16]
+    assert len(meta["ontology_sha256"]) == 64 and meta["ontology"]["sha256"] == meta["ontology_sha256"]
+    ids = meta["data"]["patient_id_sha256"]
+    assert sum(map(len, ids.values())) == 12 and not set(ids["train"]) & set(ids["val"])
+    assert hash_patient_id("p00") in ids["train"] + ids["val"]
+    assert "p00" not in json.dumps(meta)  # no raw patient ids in the run directory
+    # the resolved workflow reloads to the same config
+    assert load_workflow(run.run_dir / "workflow.yaml") == run.config
+    card = (run.run_dir / "model_card.md").read_text()
+    assert f"macro AUROC (evaluated findings): {run.best['val_macro_auroc']:.3f}" in card
+
+
+def test_checkpoint_loads_and_predicts(one_epoch_run):
+    from medmm.models import load_checkpoint
+
+    model, meta = load_checkpoint(one_epoch_run.run_dir, "best")
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 1, 16, 16, 16), ["Findings: none."])
+    assert logits.shape == (1, len(TINY_LABELS)) and meta["best_epoch"] == 1
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_metrics(one_epoch_run, tiny_manifest, tmp_path):
+    again = train(tiny_workflow(tiny_manifest), run_dir=tmp_path / "r2", verbose=False)
+    first = (one_epoch_run.run_dir / "metrics.jsonl").read_text()
+    assert (again.run_dir / "metrics.jsonl").read_text() == first
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tiny_manifest, tmp_path):
+    wf = tiny_workflow(tiny_manifest, **{"training.adversarial": {"method": "fgsm", "fraction": 0.5}})
+    straight = train(wf, run_dir=tmp_path / "straight", verbose=False, training__epochs=2)
+    train(wf, run_dir=tmp_path / "split", verbose=False, training__epochs=1)
+    resumed = train(None, run_dir=tmp_path / "split", resume=True, verbose=False, training__epochs=2)
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2]
+    assert (tmp_path / "split" / "metrics.jsonl").read_text() == (straight.run_dir / "metrics.jsonl").read_text()
+    assert yaml.safe_load((tmp_path / "split" / "workflow.yaml").read_text())["training"]["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_usable_last_checkpoint(tiny_manifest, tmp_path, monkeypatch):
+    from medmm.models import load_checkpoint
+    from medmm.training.engine import Trainer
+
+    original = Trainer._train_epoch
+
+    def interrupt_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_workflow(tiny_manifest), run_dir=tmp_path / "r", verbose=False, training__epochs=3)
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["interrupted"] is True and state["epoch"] == 1
+    model, _ = load_checkpoint(tmp_path / "r", "last")
+    assert model is not None
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    run = train(None, run_dir=tmp_path / "r", resume=True, verbose=False)
+    assert [r["epoch"] for r in run.metrics] == [1, 2, 3]
+    assert len(read_jsonl(tmp_path / "r" / "metrics.jsonl")) == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"resume": True}, "needs --run-dir"),
+    ({"resume": True, "run_dir": "/nonexistent/run"}, "nothing to resume"),
+])
+def test_resume_errors(kwargs, message):
+    with pytest.raises(MedmmConfigError, match=message):
+        train(None, **kwargs)
+
+
+def test_empty_validation_split_is_a_config_error(tiny_manifest, tmp_path):
+    with pytest.raises(MedmmConfigError, match="val split is empty"):
+        train(tiny_workflow(tiny_manifest, **{"data.val_fraction": 0.01}), run_dir=tmp_path / "r", verbose=False)
+
+
+@pytest.mark.slow
+def test_cli_train_and_errors(tiny_manifest, tmp_path):
+    from click.testing import CliRunner
+
+    from medmm.cli import cli
+
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump(tiny_workflow(tiny_manifest)))
+    result = CliRunner().invoke(cli, ["train", str(wf), "--run-dir", str(tmp_path / "run"), "--quiet",
+                                      "--set", "training.batch_size=6", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "val macro AUROC" in result.output
+    saved = yaml.safe_load((tmp_path / "run" / "workflow.yaml").read_text())
+    assert saved["training"]["batch_size"] == 6
