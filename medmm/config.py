@@ -42,6 +42,7 @@ class SyntheticSource(_Strict):
     seed: int = 0
     cache_dir: Path = Path("~/.cache/medmm/synthetic")
     format: Literal["nifti", "dicom", "both"] = "nifti"
+    workers: int = Field(1, ge=1, description="processes generating the phantoms (output does not depend on it)")
 
 
 class ManifestSource(_Strict):

@@ -52,7 +52,10 @@ def gradcam_map(
         class_idx: index of the finding's logit.
         out_shape: spatial shape of the preprocessed image.
     """
-    head = FeatureHead(model)
+    # GradCAM restores the wrapper's train/eval mode afterwards, and a fresh module starts in train
+    # mode: set eval explicitly so the model never leaves eval (BatchNorm would then fail/drift).
+    was_training = model.training
+    head = FeatureHead(model).eval()
     cam = GradCAM(nn_module=head, target_layers="features")
     # Tensors made under inference_mode cannot enter autograd: clone them as ordinary tensors.
     with torch.enable_grad():
@@ -63,6 +66,7 @@ def gradcam_map(
     heat = F.interpolate(heat, size=tuple(int(s) for s in out_shape), mode="trilinear", align_corners=False)
     heat = heat[0, 0].clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
     model.zero_grad(set_to_none=True)
+    model.train(was_training)
     return heat
 
 

@@ -127,4 +127,9 @@ def compute_feature_map(
     if not force_sliding and not needs_sliding_window(image.shape[2:], settings.roi_size):
         return feature_fn(image.to(sw_device)).to(device)
     inferer = make_inferer(settings, sw_device=sw_device, device=device)
+    if torch.is_grad_enabled():
+        # MONAI blends each window's output in place; a clone keeps the encoder's own output
+        # (needed by its backward, e.g. after an in-place ReLU) intact, so stitching stays
+        # differentiable for adversarial attacks.
+        return inferer(image, lambda window: feature_fn(window).clone())
     return inferer(image, feature_fn)

@@ -22,32 +22,117 @@ class NotDicomError(Exception):
     """Internal: the file is not a DICOM Part 10 file (no ``DICM`` magic); callers skip it."""
 
 
+def _text(ds, keyword: str) -> str | None:
+    """An element's value as text without pydicom's per-type conversion.
+
+    Headers of a few hundred slices are read per load; pydicom's conversion of each DS/CS value
+    into Python objects dominated that time, so the text-valued attributes medmm needs are read
+    from the raw element bytes (ASCII by the standard for DS, IS, CS and UI) instead.
+    """
+    elem = ds.get_item(keyword)
+    if elem is None or elem.value is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip(" \x00")
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _numbers(text: str | None, n: int) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split("\\"))
+    except ValueError:
+        return None
+    return values if len(values) == n else None
+
+
+def _int(ds, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class ImageFields:
+    """The header attributes medmm uses, parsed once per file (plain Python values)."""
+
+    series_uid: str
+    modality: str
+    rows: int | None
+    columns: int | None
+    n_frames: int
+    samples_per_pixel: int
+    photometric: str
+    bits_allocated: int | None
+    bits_stored: int | None
+    pixel_representation: int
+    rescale_slope: str | None
+    rescale_intercept: str | None
+    position: tuple[float, ...] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, ...] | None
+    image_type: tuple[str, ...]
+    transfer_syntax: str
+
+    @classmethod
+    def from_dataset(cls, ds) -> "ImageFields":
+        meta = getattr(ds, "file_meta", None)
+        frames = _int(ds, "NumberOfFrames")
+        return cls(
+            series_uid=_text(ds, "SeriesInstanceUID") or "",
+            modality=(_text(ds, "Modality") or "?").upper(),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            n_frames=max(1, frames or 1),
+            samples_per_pixel=_int(ds, "SamplesPerPixel") or 1,
+            photometric=(_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper(),
+            bits_allocated=_int(ds, "BitsAllocated"),
+            bits_stored=_int(ds, "BitsStored"),
+            pixel_representation=_int(ds, "PixelRepresentation") or 0,
+            rescale_slope=_text(ds, "RescaleSlope"),
+            rescale_intercept=_text(ds, "RescaleIntercept"),
+            position=_numbers(_text(ds, "ImagePositionPatient"), 3),
+            orientation=_numbers(_text(ds, "ImageOrientationPatient"), 6),
+            pixel_spacing=_numbers(_text(ds, "PixelSpacing"), 2),
+            image_type=tuple(v.strip().upper() for v in (_text(ds, "ImageType") or "").split("\\")),
+            transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
+        )
+
+
 @dataclass
 class SliceHeader:
     """A DICOM file's header (no pixel data) and where its pixel data element begins.
 
     Attributes:
         path: the file.
-        ds: pydicom dataset read with ``stop_before_pixels=True``.
+        ds: pydicom dataset read with ``stop_before_pixels=True`` (may hold PHI: never log it).
         pixel_offset: byte offset of the (7FE0,0010) element, or None if the file has none.
         file_size: size of the file in bytes (for truncation checks before decoding).
+        f: the attributes medmm uses, parsed once.
+        problem: why this image file cannot be used (e.g. truncated before its pixel data);
+            raised only if the file belongs to the series being loaded.
     """
 
     path: Path
     ds: object
     pixel_offset: int | None
     file_size: int
+    f: ImageFields
+    problem: str | None = None
 
     @property
     def n_frames(self) -> int:
-        try:
-            return max(1, int(self.ds.get("NumberOfFrames", 1) or 1))
-        except (TypeError, ValueError):
-            return 1
+        return self.f.n_frames
 
     @property
     def series_uid(self) -> str:
-        return str(self.ds.get("SeriesInstanceUID", "") or "")
+        return self.f.series_uid
 
     @property
     def is_dicomdir(self) -> bool:
@@ -62,7 +147,7 @@ class SliceHeader:
     @property
     def has_image_header(self) -> bool:
         """Rows/Columns present: an image, even if its pixel data is missing (then it is broken)."""
-        return "Rows" in self.ds and "Columns" in self.ds
+        return self.f.rows is not None and self.f.columns is not None
 
 
 def check_preamble(path: Path, head: bytes) -> None:
@@ -101,7 +186,24 @@ def read_header(path: str | Path) -> SliceHeader:
         raise MedmmInputError(path, f"corrupt or truncated DICOM header ({type(err).__name__})") from None
     if offset is not None and _peek_tag(path, offset) not in ((0x7FE0, 0x0010), (0xE07F, 0x1000)):
         offset = None  # stopped at something else (e.g. FloatPixelData): no classic PixelData
-    return SliceHeader(path=path, ds=ds, pixel_offset=offset, file_size=size)
+    header = SliceHeader(path=path, ds=ds, pixel_offset=offset, file_size=size, f=ImageFields.from_dataset(ds))
+    _check_complete(header)
+    return header
+
+
+def _check_complete(h: SliceHeader) -> None:
+    """Catch truncated files: pydicom silently returns whatever elements precede the cut.
+
+    A DICOM dataset (other than a DICOMDIR) must carry its SOP Class UID (else: error), and an
+    object of an *Image Storage* SOP class must reach its pixel data (else: ``h.problem``).
+    """
+    if h.is_dicomdir:
+        return
+    sop = h.ds.get("SOPClassUID")
+    if not sop:
+        raise MedmmInputError(h.path, "corrupt or truncated DICOM header (no SOP Class UID)")
+    if h.pixel_offset is None and "Image Storage" in getattr(sop, "name", ""):
+        h.problem = "image object without pixel data (truncated file?)"
 
 
 def _peek_tag(path: Path, offset: int) -> tuple[int, int] | None:

@@ -20,26 +20,22 @@ from medmm.io.volume import Volume, lps_to_ras
 log = logging.getLogger("medmm.io")
 
 
-def _floats(h: SliceHeader, keyword: str, n: int) -> list[float]:
-    value = h.ds.get(keyword)
-    try:
-        out = [float(v) for v in value]
-    except (TypeError, ValueError):
-        out = []
-    if len(out) != n:
-        raise MedmmInputError(h.path, f"missing or malformed {keyword}; cannot place the slice in 3D")
-    return out
+def _geometry_values(h: SliceHeader, name: str) -> tuple[float, ...]:
+    value = {"ImagePositionPatient": h.f.position, "ImageOrientationPatient": h.f.orientation,
+             "PixelSpacing": h.f.pixel_spacing}[name]
+    if value is None:
+        raise MedmmInputError(h.path, f"missing or malformed {name}; cannot place the slice in 3D")
+    return value
 
 
 def _check_same_image_format(headers: list[SliceHeader], path: Path) -> None:
-    ref = headers[0].ds
+    ref = headers[0]
     for h in headers[1:]:
-        for key in ("Rows", "Columns"):
-            if h.ds.get(key) != ref.get(key):
-                raise MedmmInputError(
-                    path, f"inconsistent image size in one series: {h.path.name} is "
-                    f"{h.ds.get('Rows')}x{h.ds.get('Columns')}, {headers[0].path.name} is {ref.get('Rows')}x{ref.get('Columns')}",
-                )
+        if (h.f.rows, h.f.columns) != (ref.f.rows, ref.f.columns):
+            raise MedmmInputError(
+                path, f"inconsistent image size in one series: {h.path.name} is {h.f.rows}x{h.f.columns}, "
+                f"{ref.path.name} is {ref.f.rows}x{ref.f.columns}",
+            )
 
 
 def _warn_modality(modality: str, warnings: list[str], path: Path) -> None:
@@ -65,29 +61,32 @@ def load_series(series: Series, path: Path, warnings: list[str], source_format: 
         raise MedmmInputError(
             path, f"series ...{series.uid[-8:]} holds {len(headers)} multi-frame files; load one file at a time"
         )
+    for h in headers:
+        if h.problem:
+            raise MedmmInputError(h.path, h.problem)
     _check_same_image_format(headers, path)
-    positions = np.array([_floats(h, "ImagePositionPatient", 3) for h in headers])
-    orientations = np.array([_floats(h, "ImageOrientationPatient", 6) for h in headers])
-    spacings = np.array([_floats(h, "PixelSpacing", 2) for h in headers])
+    positions = np.array([_geometry_values(h, "ImagePositionPatient") for h in headers])
+    orientations = np.array([_geometry_values(h, "ImageOrientationPatient") for h in headers])
+    spacings = np.array([_geometry_values(h, "PixelSpacing") for h in headers])
     geo = stack_geometry(positions, orientations, spacings, [str(h.path) for h in headers], path)
     ordered = [headers[i] for i in geo.order]
-    rescale = [rescale_params(h.ds, h.path) for h in ordered]
+    rescale = [rescale_params(h.f.rescale_slope, h.f.rescale_intercept, h.path) for h in ordered]
     for h in ordered:  # every slice's size is checked before the volume buffer is allocated
         check_pixel_size(h)
 
-    rows, cols = int(ordered[0].ds.Rows), int(ordered[0].ds.Columns)
+    rows, cols = ordered[0].f.rows, ordered[0].f.columns
     buf = np.empty((len(ordered), rows, cols), dtype=np.float32)
 
     def decode(k: int) -> None:
         h = ordered[k]
         stored = read_stored(h)
-        to_float(stored[0], h.ds, *rescale[k], out=buf[k])
+        to_float(stored[0], h.f, *rescale[k], out=buf[k])
 
     with ThreadPoolExecutor(max_workers=io_threads()) as pool:
         list(pool.map(decode, range(len(ordered))))  # list() re-raises the first worker error
 
     first = ordered[0].ds
-    _warn_modality(str(first.get("Modality", "?")).upper(), warnings, path)
+    _warn_modality(ordered[0].f.modality, warnings, path)
     meta = dicom_meta(
         first, source_format=source_format, n_files=len(ordered), n_slices=len(ordered),
         slice_spacing=round(geo.slice_gap, 6), excluded_localizers=len(series.localizers),
@@ -120,8 +119,8 @@ def load_multiframe(h: SliceHeader, path: Path, warnings: list[str], source_form
     slopes, intercepts = frame_rescale(h)
     buf = np.empty(stored.shape, dtype=np.float32)
     for k, f in enumerate(geo.order):
-        to_float(stored[f], h.ds, slopes[f], intercepts[f], out=buf[k])
-    _warn_modality(str(h.ds.get("Modality", "?")).upper(), warnings, path)
+        to_float(stored[f], h.f, slopes[f], intercepts[f], out=buf[k])
+    _warn_modality(h.f.modality, warnings, path)
     meta = dicom_meta(
         h.ds, source_format=f"{source_format}-multiframe", n_files=1, n_slices=h.n_frames,
         slice_spacing=round(geo.slice_gap, 6), slice_thickness=frame_thickness(h),

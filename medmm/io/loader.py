@@ -84,8 +84,10 @@ def _load_dicom_file(p: Path, series: str | None) -> Volume:
     h = _header_or_error(p)
     if h.is_dicomdir:
         return _load_dicom_dir(p.parent, series)
+    if h.problem:
+        raise MedmmInputError(p, h.problem)
     if not h.is_image:
-        raise MedmmInputError(p, f"DICOM object without image pixel data (modality {h.ds.get('Modality', '?')})")
+        raise MedmmInputError(p, f"DICOM object without image pixel data (modality {h.f.modality})")
     if series and not (h.series_uid == series or h.series_uid.endswith(str(series).lstrip("."))):
         raise MedmmInputError(p, f"this file is not in the requested series '{str(series)[-16:]}'")
     if h.n_frames > 1:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medmm.io.series import safe_text
+from medmm.io.text import safe_text
 
 # DICOM keyword -> meta key; values are technical, not identifying.
 _TEXT = {

@@ -37,15 +37,15 @@ def frame_rescale(h: SliceHeader) -> tuple[list[float], list[float]]:
     """Rescale slope and intercept for each frame (functional groups first, then top level)."""
     ds, n = h.ds, h.n_frames
     if not is_enhanced(h):
-        slope, intercept = rescale_params(ds, h.path)
+        slope, intercept = rescale_params(h.f.rescale_slope, h.f.rescale_intercept, h.path)
         return [slope] * n, [intercept] * n
     slopes, intercepts = [], []
     for f in range(n):
         s = _group_value(ds, f, "PixelValueTransformationSequence", "RescaleSlope")
         i = _group_value(ds, f, "PixelValueTransformationSequence", "RescaleIntercept")
-        proxy = {"RescaleSlope": s if s is not None else ds.get("RescaleSlope"),
-                 "RescaleIntercept": i if i is not None else ds.get("RescaleIntercept")}
-        slope, intercept = rescale_params(proxy, h.path)
+        slope, intercept = rescale_params(
+            h.f.rescale_slope if s is None else s, h.f.rescale_intercept if i is None else i, h.path
+        )
         slopes.append(slope)
         intercepts.append(intercept)
     return slopes, intercepts

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medmm.errors import MedmmInputError
+from medmm.io.text import short_reason
 from medmm.io.volume import Volume
 
 log = logging.getLogger("medmm.io")
@@ -62,7 +63,7 @@ def load_nifti(path: Path, warnings: list[str] | None = None) -> Volume:
     try:
         img = nib.load(str(path))
     except Exception as err:  # nibabel: ImageFileError, HeaderDataError, EOFError, OSError ...
-        raise MedmmInputError(path, f"not a readable NIfTI file ({type(err).__name__}: {_short(err)})") from None
+        raise MedmmInputError(path, f"not a readable NIfTI file ({short_reason(err)})") from None
     header = img.header
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
@@ -89,7 +90,7 @@ def load_nifti(path: Path, warnings: list[str] | None = None) -> Volume:
     try:
         array = img.get_fdata(dtype=np.float32)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as err:
-        raise MedmmInputError(path, f"truncated or corrupt NIfTI data ({type(err).__name__}: {_short(err)})") from None
+        raise MedmmInputError(path, f"truncated or corrupt NIfTI data ({short_reason(err)})") from None
     array = array.reshape(shape)
     finite = np.isfinite(array)
     if not finite.all():
@@ -109,8 +110,3 @@ def load_nifti(path: Path, warnings: list[str] | None = None) -> Volume:
         "warnings": list(warnings),
     }
     return Volume(array=array, affine=affine, meta=meta, source_files=[])
-
-
-def _short(err: Exception, n: int = 100) -> str:
-    text = " ".join(str(err).split())
-    return text[:n] + ("..." if len(text) > n else "")

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from medmm.errors import MedmmInputError
-from medmm.io.dicom_header import SliceHeader
+from medmm.io.dicom_header import ImageFields, SliceHeader
+from medmm.io.text import short_reason
 
 log = logging.getLogger("medmm.io")
 
@@ -30,42 +31,25 @@ _NATIVE_LE = {"1.2.840.10008.1.2": False, "1.2.840.10008.1.2.1": True}  # uid ->
 _COLOUR = ("RGB", "YBR", "PALETTE")
 
 
-def _int(ds, keyword: str, default: int | None = None) -> int:
-    value = ds.get(keyword, default)
-    if value is None or value == "":
-        if default is None:
-            raise KeyError(keyword)
-        return default
-    return int(value)
-
-
 def check_greyscale(h: SliceHeader) -> None:
     """Refuse colour images (CT/MR models take one greyscale channel)."""
-    ds = h.ds
-    spp = _int(ds, "SamplesPerPixel", 1)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if spp != 1 or photometric.startswith(_COLOUR):
+    f = h.f
+    if f.samples_per_pixel != 1 or f.photometric.startswith(_COLOUR):
         raise MedmmInputError(
-            h.path, f"colour image ({photometric}, {spp} samples per pixel); CT/MR volumes must be greyscale"
+            h.path, f"colour image ({f.photometric}, {f.samples_per_pixel} samples per pixel); "
+            "CT/MR volumes must be greyscale",
         )
 
 
 def expected_nbytes(h: SliceHeader) -> int:
     """Bytes the uncompressed pixel data must hold: frames × rows × columns × bytes per sample."""
-    ds = h.ds
-    try:
-        rows, cols, bits = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "BitsAllocated")
-    except (KeyError, TypeError, ValueError):
-        raise MedmmInputError(h.path, "image header lacks valid Rows/Columns/BitsAllocated") from None
+    rows, cols, bits = h.f.rows, h.f.columns, h.f.bits_allocated
+    if rows is None or cols is None or bits is None:
+        raise MedmmInputError(h.path, "image header lacks valid Rows/Columns/BitsAllocated")
     if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64):
         raise MedmmInputError(h.path, f"invalid image size {rows}x{cols} with BitsAllocated={bits}")
-    n = rows * cols * h.n_frames * _int(ds, "SamplesPerPixel", 1)
+    n = rows * cols * h.n_frames * h.f.samples_per_pixel
     return (n + 7) // 8 if bits == 1 else n * bits // 8
-
-
-def _transfer_syntax(h: SliceHeader) -> str:
-    meta = getattr(h.ds, "file_meta", None)
-    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
 
 
 def check_pixel_size(h: SliceHeader) -> int:
@@ -81,11 +65,11 @@ def check_pixel_size(h: SliceHeader) -> int:
         raise MedmmInputError(h.path, "DICOM file has no pixel data")
     check_greyscale(h)
     nbytes = expected_nbytes(h)
-    dims = f"{h.ds.Rows}x{h.ds.Columns}x{h.n_frames} frame(s)"
+    dims = f"{h.f.rows}x{h.f.columns}x{h.n_frames} frame(s)"
     if nbytes > MAX_DECODED_BYTES:
         raise MedmmInputError(h.path, f"declared image size ({dims}) is implausibly large")
     available = max(0, h.file_size - h.pixel_offset)
-    if _transfer_syntax(h) in _NATIVE_LE:
+    if h.f.transfer_syntax in _NATIVE_LE:
         if available < nbytes:
             raise MedmmInputError(
                 h.path, f"truncated pixel data: file holds {available} bytes after the pixel data tag, "
@@ -105,8 +89,7 @@ def read_stored(h: SliceHeader) -> np.ndarray:
         MedmmInputError: colour, truncated or oversized pixel data, missing codec, decode failure.
     """
     nbytes = check_pixel_size(h)
-    ts = _transfer_syntax(h)
-    bits = _int(h.ds, "BitsAllocated")
+    ts, bits = h.f.transfer_syntax, h.f.bits_allocated
     if ts in _NATIVE_LE and bits in (8, 16, 32):
         stored = _read_native(h, nbytes, explicit=_NATIVE_LE[ts], bits=bits)
     else:
@@ -115,27 +98,25 @@ def read_stored(h: SliceHeader) -> np.ndarray:
 
 
 def _read_native(h: SliceHeader, nbytes: int, *, explicit: bool, bits: int) -> np.ndarray:
+    """Read uncompressed little-endian pixel data straight from the file (one read, no copy)."""
+    head_len = 12 if explicit else 8  # tag + VR + reserved + 4-byte length | tag + 4-byte length
     with open(h.path, "rb") as fp:
         fp.seek(h.pixel_offset)
-        head = fp.read(12 if explicit else 8)
-        length = int.from_bytes(head[8:12] if explicit else head[4:8], "little")
-        if len(head) < (12 if explicit else 8) or length == 0xFFFFFFFF:
+        head = fp.read(head_len)
+        length = int.from_bytes(head[head_len - 4:head_len], "little")
+        if len(head) < head_len or length == 0xFFFFFFFF:
             raise MedmmInputError(h.path, "malformed pixel data element for an uncompressed transfer syntax")
         if length < nbytes:
-            raise MedmmInputError(
-                h.path, f"truncated pixel data: element holds {length} bytes, {nbytes} needed"
-            )
-        if explicit:
-            fp.seek(h.pixel_offset + 12)
+            raise MedmmInputError(h.path, f"truncated pixel data: element holds {length} bytes, {nbytes} needed")
         buf = fp.read(nbytes)
     if len(buf) < nbytes:
         raise MedmmInputError(h.path, f"truncated pixel data: file ends after {len(buf)} of {nbytes} bytes")
-    signed = _int(h.ds, "PixelRepresentation", 0) == 1
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
-    return np.frombuffer(buf, dtype=dtype).reshape(h.n_frames, int(h.ds.Rows), int(h.ds.Columns))
+    dtype = np.dtype(f"<{'i' if h.f.pixel_representation == 1 else 'u'}{bits // 8}")
+    return np.frombuffer(buf, dtype=dtype).reshape(h.n_frames, h.f.rows, h.f.columns)
 
 
 def _read_with_pydicom(h: SliceHeader, ts: str, nbytes: int) -> np.ndarray:
+    """Decode compressed / big-endian / odd-depth pixel data with pydicom's decoders."""
     import pydicom
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID
@@ -152,27 +133,22 @@ def _read_with_pydicom(h: SliceHeader, ts: str, nbytes: int) -> np.ndarray:
         ds = pydicom.dcmread(h.path)
         if uid is not None and not uid.is_compressed and len(ds.PixelData) < nbytes:
             raise MedmmInputError(h.path, f"truncated pixel data: {len(ds.PixelData)} of {nbytes} bytes")
-        arr = ds.pixel_array
+        arr = np.asarray(ds.pixel_array)
     except MedmmInputError:
         raise
     except Exception as err:  # decoders raise many types (RuntimeError, ValueError, struct.error ...)
-        raise MedmmInputError(h.path, f"cannot decode pixel data ({type(err).__name__}: {_short(err)})") from None
-    arr = np.asarray(arr)
+        raise MedmmInputError(h.path, f"cannot decode pixel data ({short_reason(err)})") from None
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] != (int(h.ds.Rows), int(h.ds.Columns)):
+    if arr.ndim != 3 or arr.shape[1:] != (h.f.rows, h.f.columns):
         raise MedmmInputError(h.path, f"decoded pixel data has unexpected shape {arr.shape}")
     return arr
 
 
-def _short(err: Exception, n: int = 120) -> str:
-    text = " ".join(str(err).split())
-    return text[:n] + ("..." if len(text) > n else "")
-
-
 def _mask_stored_bits(h: SliceHeader, stored: np.ndarray) -> np.ndarray:
     """Keep only BitsStored bits (sign-extended when signed): high bits may hold overlays."""
-    bits, bs = stored.dtype.itemsize * 8, _int(h.ds, "BitsStored", stored.dtype.itemsize * 8)
+    bits = stored.dtype.itemsize * 8
+    bs = h.f.bits_stored or bits
     if stored.dtype.kind not in "iu" or not 0 < bs < bits:
         return stored
     if stored.dtype.kind == "u":
@@ -181,15 +157,18 @@ def _mask_stored_bits(h: SliceHeader, stored: np.ndarray) -> np.ndarray:
     return (stored << shift) >> shift
 
 
-def rescale_params(ds, path: Path) -> tuple[float, float]:
-    """(slope, intercept) of the Modality LUT rescale; (1, 0) when absent.
+def rescale_params(slope, intercept, path: Path) -> tuple[float, float]:
+    """(slope, intercept) of the Modality LUT rescale as floats; missing values mean (1, 0).
+
+    Args:
+        slope, intercept: header values (text, number or None).
 
     Raises:
-        MedmmInputError: slope zero or non-finite, intercept non-finite.
+        MedmmInputError: unreadable, slope zero or non-finite, intercept non-finite.
     """
     try:
-        slope = float(ds.get("RescaleSlope", 1.0) if ds.get("RescaleSlope", None) not in (None, "") else 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) if ds.get("RescaleIntercept", None) not in (None, "") else 0.0)
+        slope = 1.0 if slope in (None, "") else float(slope)
+        intercept = 0.0 if intercept in (None, "") else float(intercept)
     except (TypeError, ValueError):
         raise MedmmInputError(path, "unreadable RescaleSlope/RescaleIntercept") from None
     if not np.isfinite(slope) or slope == 0 or not np.isfinite(intercept):
@@ -197,19 +176,7 @@ def rescale_params(ds, path: Path) -> tuple[float, float]:
     return slope, intercept
 
 
-def invert_monochrome1(stored: np.ndarray, ds) -> np.ndarray:
-    """Invert MONOCHROME1 stored values over the full BitsStored range (not per-slice min/max).
-
-    Using the fixed range keeps every slice of a series on the same scale.
-    """
-    bs = _int(ds, "BitsStored", stored.dtype.itemsize * 8)
-    if stored.dtype.kind == "u" or _int(ds, "PixelRepresentation", 0) == 0:
-        top = (1 << bs) - 1
-        return (top - stored.astype(np.int64)).astype(np.float32)
-    return (-1 - stored.astype(np.int64)).astype(np.float32)
-
-
-def needs_inversion(ds) -> bool:
+def needs_inversion(f: ImageFields) -> bool:
     """MONOCHROME1 is inverted for non-CT data only.
 
     For CT the Modality LUT (rescale) defines Hounsfield units, a physical quantity; the standard
@@ -217,15 +184,29 @@ def needs_inversion(ds) -> bool:
     For MR/other modalities values have no physical unit and are inverted so that bright means
     high signal, as in MONOCHROME2.
     """
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    return photometric == "MONOCHROME1" and str(ds.get("Modality", "")).upper() != "CT"
+    return f.photometric == "MONOCHROME1" and f.modality != "CT"
 
 
-def to_float(stored: np.ndarray, ds, slope: float, intercept: float, out: np.ndarray | None = None) -> np.ndarray:
+def invert_monochrome1(stored: np.ndarray, f: ImageFields) -> np.ndarray:
+    """Invert MONOCHROME1 stored values over the full BitsStored range (not per-slice min/max).
+
+    Using the fixed range keeps every slice of a series on the same scale.
+    """
+    bs = f.bits_stored or stored.dtype.itemsize * 8
+    if stored.dtype.kind == "u" or f.pixel_representation == 0:
+        return ((1 << bs) - 1 - stored.astype(np.int64)).astype(np.float32)
+    return (-1 - stored.astype(np.int64)).astype(np.float32)
+
+
+def to_float(stored: np.ndarray, f: ImageFields, slope: float, intercept: float,
+             out: np.ndarray | None = None) -> np.ndarray:
     """Apply MONOCHROME1 inversion (non-CT) and the rescale, exactly once, into float32."""
-    values = invert_monochrome1(stored, ds) if needs_inversion(ds) else stored
+    values = invert_monochrome1(stored, f) if needs_inversion(f) else stored
     if out is None:
         out = np.empty(stored.shape, dtype=np.float32)
+    if slope == 1.0:  # the common CT case: one pass instead of two
+        np.add(values, np.float32(intercept), out=out, casting="unsafe")
+        return out
     np.multiply(values, np.float32(slope), out=out, casting="unsafe")
     out += np.float32(intercept)
     return out
@@ -251,5 +232,5 @@ def decode_file(path: str | Path) -> np.ndarray:
     slopes, intercepts = frame_rescale(h)
     out = np.empty(stored.shape, dtype=np.float32)
     for f in range(stored.shape[0]):
-        to_float(stored[f], h.ds, slopes[f], intercepts[f], out=out[f])
+        to_float(stored[f], h.f, slopes[f], intercepts[f], out=out[f])
     return out

@@ -18,6 +18,7 @@ import numpy as np
 
 from medmm.errors import MedmmInputError
 from medmm.io.dicom_header import NotDicomError, SliceHeader, read_header
+from medmm.io.text import safe_text
 
 log = logging.getLogger("medmm.io")
 
@@ -66,7 +67,7 @@ class Series:
 
     @property
     def modality(self) -> str:
-        return str(self.first.ds.get("Modality", "") or "?").upper()
+        return self.first.f.modality
 
     @property
     def multiframe(self) -> bool:
@@ -82,8 +83,8 @@ class Series:
             modality=self.modality,
             n_slices=self.n_slices,
             description=safe_text(self.first.ds.get("SeriesDescription", "")),
-            rows=int(self.first.ds.get("Rows", 0) or 0),
-            columns=int(self.first.ds.get("Columns", 0) or 0),
+            rows=self.first.f.rows or 0,
+            columns=self.first.f.columns or 0,
             n_files=len(self.headers),
             multiframe=self.multiframe,
         )
@@ -95,12 +96,6 @@ class Scan:
 
     series: list[Series]
     warnings: list[str]
-
-
-def safe_text(value, limit: int = 48) -> str:
-    """Printable, single-line, truncated text for user-facing summaries."""
-    text = " ".join("".join(ch if ch.isprintable() else " " for ch in str(value or "")).split())
-    return text[:limit]
 
 
 def _files_under(root: Path, recursive: bool) -> list[Path]:
@@ -121,26 +116,22 @@ def _read_or_skip(path: Path) -> SliceHeader | str:
 
 
 def _is_localizer(h: SliceHeader) -> bool:
-    image_type = h.ds.get("ImageType") or []
-    values = [image_type] if isinstance(image_type, str) else list(image_type)
-    return "LOCALIZER" in (str(v).strip().upper() for v in values)
+    return "LOCALIZER" in h.f.image_type
 
 
-def _normal(h: SliceHeader) -> np.ndarray | None:
-    iop = h.ds.get("ImageOrientationPatient")
-    try:
-        v = np.array([float(x) for x in iop], dtype=float)
-        n = np.cross(v[:3], v[3:])
-        return n / np.linalg.norm(n)
-    except Exception:
+def _normal(h: SliceHeader) -> tuple[float, float, float] | None:
+    """Unit slice normal (row cosine × column cosine), in plain Python: called once per file."""
+    o = h.f.orientation
+    if o is None:
         return None
+    n = (o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3])
+    norm = (n[0] ** 2 + n[1] ** 2 + n[2] ** 2) ** 0.5
+    return None if norm < 1e-6 else (n[0] / norm, n[1] / norm, n[2] / norm)
 
 
-def _position(h: SliceHeader, normal: np.ndarray | None) -> float | None:
-    try:
-        return float(np.array([float(v) for v in h.ds.get("ImagePositionPatient")]) @ normal)
-    except Exception:
-        return None
+def _position(h: SliceHeader, normal) -> float | None:
+    p = h.f.position
+    return None if p is None or normal is None else p[0] * normal[0] + p[1] * normal[1] + p[2] * normal[2]
 
 
 def _fills_gap(h: SliceHeader, main: list[SliceHeader], normal: np.ndarray | None) -> bool:
@@ -161,8 +152,8 @@ def _split_localizers(headers: list[SliceHeader]) -> tuple[list[SliceHeader], li
 
     def key(h: SliceHeader) -> tuple:
         n = _normal(h)
-        axis = None if n is None else int(np.argmax(np.abs(n)))
-        return int(h.ds.get("Rows", 0) or 0), int(h.ds.get("Columns", 0) or 0), axis
+        axis = None if n is None else max(range(3), key=lambda i: abs(n[i]))
+        return h.f.rows, h.f.columns, axis
 
     groups: dict[tuple, list[SliceHeader]] = {}
     for h in rest:
@@ -176,7 +167,7 @@ def _split_localizers(headers: list[SliceHeader]) -> tuple[list[SliceHeader], li
             continue
         other = _normal(members[0])
         angle = 90.0 if other is None or main_normal is None else float(
-            np.degrees(np.arccos(min(1.0, abs(float(other @ main_normal)))))
+            np.degrees(np.arccos(min(1.0, abs(sum(a * b for a, b in zip(other, main_normal))))))
         )
         other_plane = angle > LOCALIZER_ANGLE_DEG
         other_size = k[:2] != main_key[:2] and not any(_fills_gap(h, main, main_normal) for h in members)
@@ -201,15 +192,19 @@ def scan_files(files: list[Path], root: Path) -> Scan:
     dicomdirs = [h for h in headers if h.is_dicomdir]
     if dicomdirs:
         warnings.append(f"skipped {len(dicomdirs)} DICOMDIR file(s) (the images are read directly)")
-    non_image = [h for h in headers if not h.is_dicomdir and not h.has_image_header]
+    broken = [h for h in headers if h.problem]
+    non_image = [h for h in headers if not h.is_dicomdir and not h.has_image_header and not h.problem]
     if non_image:
         warnings.append(f"skipped {len(non_image)} DICOM object(s) without image pixel data")
     by_uid: dict[str, list[SliceHeader]] = {}
     for h in headers:
-        if h.has_image_header and not h.is_dicomdir:
+        if (h.has_image_header or h.problem) and not h.is_dicomdir:
             by_uid.setdefault(h.series_uid, []).append(h)
     series = []
     for uid, members in by_uid.items():
+        if all(h.problem for h in members):
+            warnings.append(f"skipped {len(members)} broken image file(s) of series ...{uid[-8:]}: {members[0].problem}")
+            continue
         keep, scouts = _split_localizers(members)
         if scouts:
             warnings.append(

@@ -10,7 +10,9 @@
 from medmm.knowledge.consistency import (
     ConsistencyResult,
     Repair,
+    consistent_decisions,
     make_consistent,
+    threshold_scores,
     violation_rate,
     violations,
 )
@@ -30,6 +32,7 @@ __all__ = [
     "ReportLabeler",
     "canonical_sha256",
     "clinical_efficacy_f1",
+    "consistent_decisions",
     "constraint_terms",
     "default_ontology_path",
     "explain_finding",
@@ -37,6 +40,7 @@ __all__ = [
     "label_f1",
     "load_ontology",
     "make_consistent",
+    "threshold_scores",
     "violation_rate",
     "violations",
 ]

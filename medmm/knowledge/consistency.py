@@ -133,6 +133,32 @@ def make_consistent(probs: torch.Tensor, constraints: Constraints, track_repairs
     return ConsistencyResult(p, repairs)
 
 
+def threshold_scores(probs: torch.Tensor, thresholds: float | torch.Tensor) -> torch.Tensor:
+    """Map probabilities to scores with a common decision point 0.5: ``z > 0.5`` iff ``p > t``.
+
+    Piecewise linear and increasing per label: ``[0, t] -> [0, 0.5]`` and ``[t, 1] -> [0.5, 1]``.
+    """
+    t = torch.as_tensor(thresholds, dtype=probs.dtype, device=probs.device).clamp(1e-6, 1 - 1e-6)
+    return torch.where(probs > t, 0.5 + 0.5 * (probs - t) / (1 - t), 0.5 * probs / t)
+
+
+def consistent_decisions(probs: torch.Tensor, constraints: Constraints,
+                         thresholds: float | torch.Tensor = 0.5) -> tuple[torch.Tensor, ConsistencyResult]:
+    """Positive/negative decisions that obey every constraint, also with per-label thresholds.
+
+    Consistent probabilities can still give inconsistent decisions when labels have different
+    thresholds (p_a = p_b = 0.6 with t_a = 0.5 < t_b = 0.7 makes a positive and b not). The
+    probabilities are first mapped by :func:`threshold_scores` to a common threshold of 0.5, the
+    operator is applied to those scores, and a finding is positive when its score is > 0.5.
+
+    Returns:
+        ``(decisions, result)``: bool [B, L] decisions and the :class:`ConsistencyResult` on the
+        threshold-calibrated scores (its repairs are in score units).
+    """
+    result = make_consistent(threshold_scores(probs, thresholds), constraints)
+    return result.probs > 0.5, result
+
+
 def _record(repairs, before, after, mask, low, exclusion, reach, labels) -> None:
     for i in mask.nonzero().flatten().tolist():
         repairs[i].append(Repair(exclusion, labels[low], float(before[i, low]), float(after[i, low])))

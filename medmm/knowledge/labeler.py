@@ -42,10 +42,10 @@ POSITIVE, UNCERTAIN, NEGATED = "positive", "uncertain", "negated"
 SCOPE_WORDS = 8
 
 _PRE_NEG = [
-    "no", "without", "negative for", "free of", "absence of", "absent", "no evidence of",
+    "no", "without", "negative for", "free of", "absence of", "no evidence of",
     "no sign of", "no signs of", "no finding of", "no findings of", "no definite", "no suspicious",
-    "resolution of", "resolved", "interval resolution of", "clear of", "nor", "neither",
-    "ruled out", "rules out", "excludes", "not", "none of",
+    "resolution of", "interval resolution of", "clear of", "nor", "neither",
+    "rules out", "excludes", "not", "none of",
 ]
 _PRE_UNC = [
     "possible", "possibly", "probable", "probably", "cannot exclude", "can not exclude",
@@ -89,8 +89,8 @@ _PUNCT_TERMINATORS = [
     r"scattered|bilateral|multiple|several|few|a|an|marked|prominent|significant)(?![a-z0-9])",
 ]
 # Triggers that work in both directions ("resolved consolidation" / "consolidation has resolved",
-# "atelectasis versus consolidation").
-_BIDIRECTIONAL = {"resolved", "absent", "versus", "vs"}
+# "no longer any effusion" / "effusion no longer", "atelectasis versus consolidation").
+_BIDIRECTIONAL = {"resolved", "absent", "ruled out", "no longer", "versus", "vs"}
 
 
 @dataclass(frozen=True)

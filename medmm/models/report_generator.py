@@ -47,6 +47,23 @@ def _never_generate(tokenizer: Any, eos_id: int) -> list[int]:
     return sorted(ids)
 
 
+class _MaskTokens:
+    """Logits processor setting banned token ids to -inf.
+
+    Hand-written rather than ``GenerationConfig.suppress_tokens`` because that one rebuilds its
+    mask with ``torch.isin`` over the whole vocabulary at every step (~1000 banned ids x 30k
+    vocabulary); here the index tensor is built once per device.
+    """
+
+    def __init__(self, ids: list[int]):
+        self.ids = torch.tensor(ids, dtype=torch.long)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.ids.device != scores.device:
+            self.ids = self.ids.to(scores.device)
+        return scores.index_fill(1, self.ids, float("-inf"))
+
+
 _SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
 
 
@@ -151,6 +168,11 @@ class ReportGenerator(nn.Module):
         )
 
     # ----------------------------------------------------------------------------- decoding
+    def _processors(self) -> Any:
+        from transformers import LogitsProcessorList
+
+        return LogitsProcessorList([_MaskTokens(self.suppress_ids)]) if self.suppress_ids else LogitsProcessorList()
+
     @torch.no_grad()
     def generate(
         self,
@@ -180,7 +202,6 @@ class ReportGenerator(nn.Module):
             bos_token_id=self.bos_id,
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
-            suppress_tokens=self.suppress_ids or None,
         )
         was_training = self.training
         self.eval()
@@ -197,13 +218,19 @@ class ReportGenerator(nn.Module):
                         attention_mask=torch.ones_like(bos),
                         encoder_hidden_states=prefix,
                         generation_config=gen_config,
+                        logits_processor=self._processors(),
                     )
                     out = out[:, 1:]  # drop the bos we gave
                 else:
                     embeds = torch.cat([prefix, self.lm.get_input_embeddings()(bos)], dim=1)
                     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=tokens.device)
                     # with only inputs_embeds, generate returns just the new tokens
-                    out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=gen_config)
+                    out = self.lm.generate(
+                        inputs_embeds=embeds,
+                        attention_mask=mask,
+                        generation_config=gen_config,
+                        logits_processor=self._processors(),
+                    )
         finally:
             self.train(was_training)
         return self.decode(out)

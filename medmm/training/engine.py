@@ -231,6 +231,7 @@ class Trainer:
             rundir.atomic_write(self.run_dir / rundir.WORKFLOW_FILE,
                                 yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False))
         self.report_cache: dict[str, str] = dict(progress["report_cache"])
+        self.text_embeddings: dict[str, torch.Tensor] = {}
         self.global_step = progress["global_step"]
         tb = self._tensorboard()
         stopped = False
@@ -242,10 +243,14 @@ class Trainer:
                 t0 = time.perf_counter()
                 if t.text.use_generated_report and (epoch % t.text.refresh_every == 0 or not self.report_cache):
                     self.report_cache = self._generate_train_reports()
+                    self.text_embeddings = {}
+                if self._text_frozen and not self.text_embeddings:
+                    self.text_embeddings = self._encode_train_texts()
                 t1 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 train_stats, timing = self._train_epoch(epoch)
                 t2 = time.perf_counter()
+                self._clear_text_cache()
                 pred = predict(self.model, self._eval_loader(self.val_set), self.device,
                                t.text.use_generated_report, t.text.use_indication, self.amp)
                 val = validation_metrics(pred, self.labels, self.eval_labels, self.constraints)
@@ -294,6 +299,38 @@ class Trainer:
             rundir.atomic_write(self.run_dir / rundir.WORKFLOW_FILE,
                                 yaml.safe_dump(self.cfg.to_yaml_dict(), sort_keys=False))
         return progress, history
+
+    @property
+    def _text_frozen(self) -> bool:
+        encoder = self.model.text_encoder
+        return encoder is not None and not any(p.requires_grad for p in encoder.parameters())
+
+    def _clear_text_cache(self) -> None:
+        """Drop the model's cached text embeddings before validation, so validation encodes its
+        texts in its own batches whatever happened before (batch padding changes the last bits):
+        resumed and uninterrupted runs then agree exactly."""
+        if self.model.text_encoder is not None:
+            self.model.text_encoder.clear_cache()
+
+    def _train_texts(self, cases: list[Any]) -> list[str]:
+        text = self.cfg.training.text
+        reports = [self.report_cache.get(c.case_id, "") for c in cases] if text.use_generated_report else None
+        return fusion_texts(reports, [c.indication or "" for c in cases], text.use_generated_report,
+                            text.use_indication)
+
+    @torch.no_grad()
+    def _encode_train_texts(self) -> dict[str, torch.Tensor]:
+        """Fusion-text embeddings of all training cases (frozen text encoder), encoded once per
+        report refresh in fixed chunks so the values never depend on batch history."""
+        cases = self.splits["train"]
+        texts = self._train_texts(cases)
+        self._clear_text_cache()
+        size = self.cfg.training.batch_size
+        out: dict[str, torch.Tensor] = {}
+        for start in range(0, len(cases), size):
+            emb = self.model.encode_text(texts[start:start + size])
+            out.update({c.case_id: e for c, e in zip(cases[start:start + size], emb.detach())})
+        return out
 
     # ------------------------------------------------------------------------------ one epoch
     def _generate_train_reports(self) -> dict[str, str]:
@@ -357,10 +394,15 @@ class Trainer:
         reports = [self.report_cache.get(cid, "") for cid in batch["case_id"]] if text_cfg.use_generated_report else None
         texts = fusion_texts(reports, batch["indication"], text_cfg.use_generated_report, text_cfg.use_indication)
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            if not model.uses_text:
+                text_emb = None
+            elif self._text_frozen:
+                text_emb = torch.stack([self.text_embeddings[cid] for cid in batch["case_id"]]).to(self.device)
+            else:
+                text_emb = model.encode_text(texts)
             if adversarial:
-                x = self._adversarial(x, y, mask, texts)
+                x = self._adversarial(x, y, mask, text_emb)
             pooled, tokens = model.embed(model.feature_map(x))
-            text_emb = model.encode_text(texts) if model.uses_text else None
             logits = model.classify(pooled, text_emb, tokens).float()
             bce = masked_bce(logits, y, mask, self.pos_weight)
             kr = knowledge_loss(torch.sigmoid(logits), self.constraints, cfg.ontology.kr_form)
@@ -374,13 +416,14 @@ class Trainer:
                  "lm": float(lm.detach())}
         return loss, parts
 
-    def _adversarial(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """FGSM/PGD images within ``eps_hu`` (model in eval mode so BN statistics stay clean)."""
+    def _adversarial(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                     text_emb: torch.Tensor | None) -> torch.Tensor:
+        """FGSM/PGD images within ``eps_hu`` for fixed text (model in eval mode so BN statistics
+        stay clean)."""
         from medmm.data.transforms import hu_to_intensity_eps
 
         adv, pre, model = self.cfg.training.adversarial, self.cfg.preprocessing, self.model
-        with torch.no_grad():
-            text_emb = model.encode_text(texts) if model.uses_text else None
+        text_emb = None if text_emb is None else text_emb.detach()
 
         def attack_loss(z: torch.Tensor) -> torch.Tensor:
             pooled, tokens = model.embed(model.feature_map(z))

@@ -94,3 +94,9 @@ def test_repr_html_and_summary(tiny_predictor, scans):
     html = result._repr_html_()
     assert "<table" in html and "Pleural effusion" in html
     assert "Report:" in result.summary()
+
+
+def test_explain_keeps_model_in_eval_mode(tiny_predictor, scans):
+    result = tiny_predictor.predict(scans["nifti"])
+    result.explain("Emphysema")
+    assert not tiny_predictor.model.training

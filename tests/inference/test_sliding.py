@@ -76,3 +76,11 @@ def test_settings_from_meta(meta, roi):
 def test_settings_bad_mode_is_config_error():
     with pytest.raises(MedmmConfigError, match="inferer"):
         InfererSettings.from_meta({"inferer": {"mode": "median"}})
+
+
+def test_stitching_is_differentiable():
+    net = nn.Sequential(nn.Conv3d(1, 4, 3, stride=2, padding=1), nn.ReLU(inplace=True))
+    x = torch.randn(1, 1, 40, 24, 16, requires_grad=True)
+    fm = compute_feature_map(net, x, InfererSettings(roi_size=16, overlap=0.25))
+    fm.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

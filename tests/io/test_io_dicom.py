@@ -311,8 +311,10 @@ def test_dicomdir_cd_layout_and_non_image_objects(tmp_path):
         fs.add(str(f))
     fs.write(tmp_path / "cd")  # DICOMDIR + PT000000/ST000000/SE000000/IM00000x, as on a CD
     sr = series_datasets(make_hu((4, 4, 4)), uid_seed="sr")[0]
-    del sr.PixelData
+    for kw in ("PixelData", "Rows", "Columns"):
+        delattr(sr, kw)
     sr.Modality = "SR"
+    sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
     save_datasets([sr], tmp_path / "cd", stem="report")
     for target in (tmp_path / "cd", tmp_path / "cd" / "DICOMDIR"):
         vol = load_volume(target)

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fixtures.dicom_cases import pydicom_ct_mr_files
 from medmm.errors import MedmmInputError
 from medmm.io import Volume, load_volume
 from medmm.io.pixels import decode_file
 
 pydicom = pytest.importorskip("pydicom")
-
-
-def pydicom_ct_mr_files() -> list[Path]:
-    """pydicom's bundled test files whose Modality is CT or MR (no download)."""
-    from pydicom.data import get_testdata_files
-
-    out = []
-    for f in get_testdata_files():
-        if not os.path.isfile(f):
-            continue
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
-        except Exception:
-            continue
-        if str(ds.get("Modality", "")).upper() in ("CT", "MR"):
-            out.append(Path(f))
-    return sorted(out)
 
 
 FILES = pydicom_ct_mr_files()
@@ -88,7 +71,9 @@ def test_decode_matches_pydicom_or_clear_error(tmp_path, src):
     if ref is None:
         return
     ref = ref.reshape(frames.shape)
-    if needs_inversion(ds):
+    from medmm.io.dicom_header import read_header
+
+    if needs_inversion(read_header(path).f):
         pytest.skip("MONOCHROME1 non-CT is inverted on purpose; covered in test_io_dicom")
     np.testing.assert_allclose(frames, ref, rtol=1e-6, atol=1e-3)
 
@@ -101,7 +86,7 @@ def test_decode_matches_pydicom_or_clear_error(tmp_path, src):
         ("dicomdirtests/98892003/MR700", "inconsistent ImageOrientationPatient"),
         ("dicomdirtests", "3 CT/MR series found"),
         ("dicomdirtests/DICOMDIR", "3 CT/MR series found"),
-        ("dicomdirtests/TINY_ALPHA", "no DICOM images found"),
+        ("dicomdirtests/TINY_ALPHA", "no DICOM images found"),  # CT stubs without pixel data
     ],
 )
 def test_pydicom_folders_in_place(rel, expect):

@@ -7,7 +7,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medmm.knowledge import Constraints, make_consistent, violation_rate, violations
+from medmm.knowledge import (
+    Constraints,
+    consistent_decisions,
+    make_consistent,
+    threshold_scores,
+    violation_rate,
+    violations,
+)
 from medmm.labels import CT_RATE_FINDINGS
 
 # A small DAG with shared consequents and exclusions at several levels:
@@ -111,3 +118,32 @@ def test_violations_matrix_and_per_label_thresholds():
     high = torch.full((7,), 0.95)
     assert violation_rate(probs, C, threshold=high) == 0.0
     assert violation_rate(torch.zeros(0, 7), C) == 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(logits, min_size=1, max_size=4),
+       st.lists(st.floats(0.05, 0.95), min_size=len(LABELS), max_size=len(LABELS)))
+def test_decisions_consistent_with_per_label_thresholds(batch, thresholds):
+    probs = torch.sigmoid(torch.tensor(batch))
+    t = torch.tensor(thresholds)
+    decisions, _ = consistent_decisions(probs, C, t)
+    assert violation_rate(decisions.float(), C, threshold=0.5) == 0.0
+    # labels no constraint touches keep their plain thresholded decision
+    assert torch.equal(decisions[:, 6], probs[:, 6] > t[6])
+
+
+def test_threshold_scores_keep_decisions():
+    probs = torch.tensor([[0.1, 0.3, 0.7, 0.95]])
+    t = torch.tensor([0.2, 0.3, 0.6, 0.9])
+    z = threshold_scores(probs, t)
+    assert torch.equal(z > 0.5, probs > t)
+    assert z[0].tolist() == pytest.approx([0.25, 0.5, 0.625, 0.75])
+
+
+def test_per_label_thresholds_need_decision_consistency():
+    c = Constraints.from_names(["a", "b"], implications=[("a", "b")])
+    probs = torch.tensor([[0.6, 0.6]])  # consistent probabilities...
+    t = torch.tensor([0.5, 0.7])
+    assert violation_rate(probs, c, threshold=t) == 1.0  # ...inconsistent decisions
+    decisions, result = consistent_decisions(probs, c, t)
+    assert decisions.tolist() == [[True, True]] and result.repairs[0][0].constraint == "a ⇒ b"

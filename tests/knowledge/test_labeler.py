@@ -49,6 +49,8 @@ def read_sentences(name: str, uncertain_as: int = 1) -> list[tuple[str, dict[str
         ("The consolidation has resolved.", "Consolidation", NEGATED),
         ("Pleural effusion was not detected.", "Pleural effusion", NEGATED),
         ("Previously seen nodule is no longer visible.", "Lung nodule", NEGATED),
+        ("There is no longer any pleural effusion.", "Pleural effusion", NEGATED),
+        ("Absent pericardial effusion.", "Pericardial effusion", NEGATED),
         ("Cannot exclude a small pleural effusion.", "Pleural effusion", UNCERTAIN),
         ("Consolidation cannot be excluded.", "Consolidation", UNCERTAIN),
         ("Possible hiatal hernia.", "Hiatal hernia", UNCERTAIN),

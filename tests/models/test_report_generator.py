@@ -104,6 +104,13 @@ def test_never_generates_special_or_unused_tokens(tiny_bert_dir):
     tok = gen.tokenizer
     banned = {tok.cls_token_id, tok.pad_token_id, tok.mask_token_id, tok.unk_token_id, tok.convert_tokens_to_ids("[unused0]")}
     assert banned <= set(gen.suppress_ids) and tok.sep_token_id not in gen.suppress_ids
+    seen = []
+    decode = gen.decode
+    gen.decode = lambda ids: seen.append(ids) or decode(ids)  # capture the raw ids
+    with torch.no_grad():  # bias the untrained LM towards [unused0] so the mask has work to do
+        gen.lm.lm_head.weight[tok.convert_tokens_to_ids("[unused0]")] *= 50
+    gen.generate(_tokens(), max_new_tokens=12, repetition_penalty=1.0, no_repeat_ngram_size=0)
+    assert not banned & set(seen[0].flatten().tolist()) - {tok.pad_token_id}  # pad only fills after eos
 
 
 def test_loads_a_local_causal_lm_with_its_tokenizer(tiny_gpt2_dir, tiny_bert_dir):

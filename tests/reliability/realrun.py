@@ -82,3 +82,10 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
         code = int(exc.code or 0)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def one_error_line(stderr: str) -> bool:
+    """True when stderr holds exactly one ``error: ...`` line and no traceback (progress bars of
+    third-party loaders are ignored)."""
+    lines = [ln for ln in stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    return "Traceback" not in stderr and sum(ln.startswith("error:") for ln in lines) == 1

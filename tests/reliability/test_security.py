@@ -12,7 +12,8 @@ import pytest
 
 from medmm.errors import MedmmConfigError, MedmmError
 
-from .realrun import make_run, run_cli, write_phi_series
+
+from .realrun import make_run, one_error_line, run_cli, write_phi_series
 
 
 class Payload:
@@ -76,7 +77,7 @@ def test_pickle_checkpoint_refused_without_executing(run_dir, tmp_path, capsys, 
                 if loader == "cli-infer" else
                 ["evaluate", str(run_dir), "--data", str(manifest), "--out", str(tmp_path / "o"), "--n-bootstrap", "10"])
         code, out, err = run_cli(argv, capsys)
-        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert code == 2 and "Traceback" not in err and one_error_line(err), err
     assert not marker.exists(), "pickle payload was executed"
 
 

@@ -21,6 +21,7 @@ RUN_FILES = ["workflow.yaml", "medmm.json", "best.safetensors", "last.safetensor
 
 @pytest.fixture(scope="module")
 def one_epoch_run(tiny_manifest, tmp_path_factory):
+    torch.set_num_threads(1)  # module-scoped: set up before conftest's per-test thread setting
     return train(tiny_workflow(tiny_manifest), run_dir=tmp_path_factory.mktemp("runs") / "r1", verbose=False)
 
 
@@ -109,8 +110,18 @@ def test_resume_errors(kwargs, message):
 
 
 def test_empty_validation_split_is_a_config_error(tiny_manifest, tmp_path):
+    import csv
+
+    rows = list(csv.DictReader(tiny_manifest.open()))
+    for row in rows:
+        row.update(split="train", image=str(tiny_manifest.parent / row["image"]))
+    manifest = tmp_path / "all_train.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     with pytest.raises(MedmmConfigError, match="val split is empty"):
-        train(tiny_workflow(tiny_manifest, **{"data.val_fraction": 0.01}), run_dir=tmp_path / "r", verbose=False)
+        train(tiny_workflow(manifest), run_dir=tmp_path / "r", verbose=False)
 
 
 @pytest.mark.slow

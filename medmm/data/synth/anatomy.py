@@ -73,7 +73,7 @@ def sample_patient(rng: np.random.Generator, age: int, sex: str) -> Patient:
         half_width=float(np.clip(half_width, 110, 165)),
         half_depth=float(np.clip(half_width * rng.uniform(0.66, 0.80), 80, 125)),
         lung_height=float(rng.uniform(215, 265) if male else rng.uniform(200, 245)),
-        fat=float(rng.uniform(6, 32)),
+        fat=float(rng.uniform(10, 35)),
         muscle=float(rng.uniform(7, 13)),
         left_dome_drop=float(rng.uniform(8, 22)),
         heart_scale=float(rng.uniform(0.92, 1.06)),

@@ -56,7 +56,9 @@ def _noop(canvas: Canvas, spec: dict, rng) -> None:
     """Anatomy-level findings are drawn with the anatomy (see `anatomy_mods`)."""
 
 
-# name -> (sampler, drawer, stage); stage order: anatomy, lung, mediastinum
+# name -> (sampler, drawer, stage); stage order: anatomy, lung, mediastinum, then "dense" after the
+# scanner blur: calcium and metal bloom on real CT instead of being smoothed away, so they are
+# painted onto the blurred, noisy image
 FINDINGS: dict[str, tuple[Callable, Callable, str]] = {
     "Cardiomegaly": (_sample_cardiomegaly, _noop, "anatomy"),
     "Pericardial effusion": (_sample_pericardial, _noop, "anatomy"),
@@ -73,9 +75,9 @@ FINDINGS: dict[str, tuple[Callable, Callable, str]] = {
     "Pleural effusion": (lf.sample_pleural_effusion, lf.draw_pleural_effusion, "lung"),
     "Lymphadenopathy": (mf.sample_lymphadenopathy, mf.draw_nodes, "mediastinum"),
     "Hiatal hernia": (mf.sample_hiatal_hernia, mf.draw_hiatal_hernia, "mediastinum"),
-    "Arterial wall calcification": (mf.sample_arterial_calcification, mf.draw_arterial_calcification, "mediastinum"),
-    "Coronary artery wall calcification": (mf.sample_coronary_calcification, mf.draw_coronary_calcification, "mediastinum"),
-    "Medical material": (mf.sample_medical_material, mf.draw_medical_material, "mediastinum"),
+    "Arterial wall calcification": (mf.sample_arterial_calcification, mf.draw_arterial_calcification, "dense"),
+    "Coronary artery wall calcification": (mf.sample_coronary_calcification, mf.draw_coronary_calcification, "dense"),
+    "Medical material": (mf.sample_medical_material, mf.draw_medical_material, "dense"),
 }
 if set(FINDINGS) != set(CT_RATE_FINDINGS):  # pragma: no cover - import-time consistency check
     raise RuntimeError("synthetic findings table out of sync with CT_RATE_FINDINGS")

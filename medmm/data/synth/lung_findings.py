@@ -66,12 +66,12 @@ def draw_emphysema(canvas: Canvas, spec: dict, rng) -> None:
     if spec["kind"] == "centrilobular":
         weight = np.clip(w_rel, 0.05, 1.0) ** 2 * (depth > 6)
     elif spec["kind"] == "paraseptal":
-        weight = (depth < 9).astype(float) * (0.3 + np.clip(w_rel, 0, 1))
+        weight = (depth <= max(9.0, 1.01 * canvas.grid.voxel)).astype(float) * (0.3 + np.clip(w_rel, 0, 1))
     else:
         weight = np.clip(1.2 - w_rel, 0.1, 1.2) ** 2
     weight = weight / weight.sum()
     centres = pts[rng.choice(len(pts), size=count, p=weight)]
-    radii = rng.uniform(4.0, 11.0, count) * (1.3 if spec["kind"] == "panlobular" else 1.0)
+    radii = rng.uniform(5.0, 12.0, count) * (1.3 if spec["kind"] == "panlobular" else 1.0)
     for c, r in zip(centres, radii):
         sl, f = sphere(canvas.grid, c, r)
         if sl is None:
@@ -104,16 +104,20 @@ def sample_opacity(rng, patient) -> dict:
 
 
 def draw_opacity(canvas: Canvas, spec: dict, rng, name="Lung opacity") -> None:
+    """Ground glass: hazy patches (-550..-380 HU) made of a few overlapping lobulated blobs."""
     rng = np.random.default_rng(spec["seed"])
     for lobe, jit in zip(spec["lobes"], spec["jitter"]):
         c = canvas.lobe_point(lobe, np.asarray(jit) * 0.5)
-        r = spec["radius"] * rng.uniform(0.8, 1.2, 3)
-        sl, f, _ = ellipsoid(canvas.grid, c, r)
-        if sl is None:
-            continue
-        f = _irregular(canvas, sl, f, rng) * canvas.is_parenchyma(sl) * 0.9
-        paint(canvas.hu, sl, f, spec["hu"])
-        canvas.record(name, sl, f)
+        for _ in range(int(rng.integers(3, 6))):
+            offset = rng.normal(0, 0.5, 3) * spec["radius"]
+            r = spec["radius"] * rng.uniform(0.55, 0.9, 3)
+            sl, f, _ = ellipsoid(canvas.grid, canvas.nearest_lung(c + offset), r)
+            if sl is None:
+                continue
+            f = _irregular(canvas, sl, f, rng, 0.6) * canvas.is_parenchyma(sl) * 0.85
+            region = canvas.hu[sl]
+            region += np.maximum(f * (spec["hu"] - region), 0)  # overlapping patches do not add up
+            canvas.record(name, sl, f)
 
 
 # ---------------------------------------------------------------- consolidation
@@ -123,61 +127,86 @@ def sample_consolidation(rng, patient) -> dict:
 
 
 def draw_consolidation(canvas: Canvas, spec: dict, rng) -> None:
-    """Dense airspace opacity around a segmental bronchus, GGO halo, air bronchograms kept."""
+    """Segmental airspace consolidation: a wedge around a segmental bronchus, widening to a broad
+    pleural base, with lobulated margins, a faint ground-glass rim and air bronchograms kept."""
     rng = np.random.default_rng(spec["seed"])
     dense = 35.0 + (35.0 if canvas.contrast else 0.0)
     for lobe in spec["lobes"]:
         segs = [s for s in canvas.lm.airways if s["lobe"] == lobe and s["gen"] == 2]
         seg = segs[int(rng.integers(len(segs)))]
-        c = canvas.nearest_lung(seg["p1"], min_depth=10.0)
-        r = spec["radius"] * rng.uniform(0.85, 1.15, 3)
-        sl, halo, _ = ellipsoid(canvas.grid, c, r * 1.3)
-        if sl is None:
+        axis = seg["p1"] - seg["p0"]
+        axis = axis / max(float(np.linalg.norm(axis)), 1e-3)
+        start = seg["p0"] + axis * 10.0
+        end = seg["p0"] + axis * (spec["radius"] * 2.8)  # runs out to (and is cut by) the pleura
+        r_far = spec["radius"]
+        sl_h, halo = segment(canvas.grid, start, end, 14.0, r_far + 10.0)
+        sl, wedge = segment(canvas.grid, start, end, 10.0, r_far)
+        if sl is None or sl_h is None:
             continue
-        lung = (canvas.tissue[sl] == Tissue.LUNG) | (canvas.tissue[sl] == Tissue.AIRWAY)
-        paint(canvas.hu, sl, _irregular(canvas, sl, halo, rng) * lung * 0.6, -450.0)
-        _, core, _ = ellipsoid(canvas.grid, c, r, sl=sl)
-        core = _irregular(canvas, sl, core, rng, 0.25) * lung
+        airspace = (canvas.tissue == Tissue.LUNG) | (canvas.tissue == Tissue.AIRWAY)
+        paint(canvas.hu, sl_h, _irregular(canvas, sl_h, halo, rng, 0.6) * airspace[sl_h] * 0.45, -500.0)
+        core = _irregular(canvas, sl, wedge, rng, 0.3) * airspace[sl]
         paint(canvas.hu, sl, core, dense)
         if canvas.airway_lumen is not None:  # air bronchograms: lumens stay dark inside the opacity
             paint(canvas.hu, sl, core * canvas.airway_lumen[sl], -950.0)
-            for s in segs:  # bronchograms of the lobe's peripheral airways, drawn visible
-                sl2, f2 = segment(canvas.grid, s["p0"], s["p1"], 2.5)
-                if sl2 is not None:
-                    _, inside, _ = ellipsoid(canvas.grid, c, r * 0.9, sl=sl2)
-                    paint(canvas.hu, sl2, f2 * inside, -900.0)
+            sl_in, inside = segment(canvas.grid, start, end, 6.0, r_far - 6.0)
+            for s in segs:
+                sl2, f2 = segment(canvas.grid, s["p0"], s["p1"], 3.5)
+                if sl2 is not None and sl_in is not None:
+                    paint(canvas.hu, sl2, f2 * _crop_to(canvas, sl_in, inside, sl2), -900.0)
         canvas.record("Consolidation", sl, core)
+
+
+def _crop_to(canvas: Canvas, sl_from, values, sl_to) -> np.ndarray:
+    """Re-index a crop computed on ``sl_from`` onto ``sl_to`` (zeros where they do not overlap)."""
+    full = np.zeros(canvas.grid.shape, np.float32)
+    full[sl_from] = values
+    return full[sl_to]
 
 
 # ---------------------------------------------------------------- atelectasis
 def sample_atelectasis(rng, patient) -> dict:
     kind = str(rng.choice(["basal", "basal", "linear"]))
     side = str(rng.choice(["right", "left", "bilateral"], p=[0.35, 0.3, 0.35]))
-    return dict(kind=kind, side=side, thickness=float(rng.uniform(14, 24) if kind == "basal" else rng.uniform(8, 11)),
+    return dict(kind=kind, side=side, thickness=float(rng.uniform(14, 24) if kind == "basal" else rng.uniform(10, 14)),
                 elevation=float(rng.uniform(8, 16) if kind == "basal" else 0.0), seed=int(rng.integers(2**31)))
 
 
 def draw_atelectasis(canvas: Canvas, spec: dict, rng) -> None:
-    """Dense band/wedge against the posterior pleura at the lung base (volume loss: dome raised)."""
+    """Basal: a dense band hugging the posterior pleura of the lower lobe (dome raised = volume
+    loss). Linear: a thin oblique plate in the lower lung."""
     rng = np.random.default_rng(spec["seed"])
     lm = canvas.lm
     value = 55.0 + (45.0 if canvas.contrast else 0.0)
     sides = ["right", "left"] if spec["side"] == "bilateral" else [spec["side"]]
+    u, v, w = canvas.mesh
+    lung = lm.lung
     for side in sides:
         sgn = -1.0 if side == "right" else 1.0
         if spec["kind"] == "basal":
-            target = np.array([sgn * 0.5 * lm.half_width, 0.85 * lm.half_depth, 0.08 * lm.lung_height])
-            radii = (0.32 * lm.half_width, spec["thickness"], 0.16 * lm.lung_height)
+            # posterior lung boundary per (u, w) column: the largest v that is still lung
+            v_axis = canvas.grid.axes[1]
+            has = lung.any(axis=1)
+            back = np.where(has, v_axis[lung.shape[1] - 1 - np.argmax(lung[:, ::-1, :], axis=1)], -1e6)
+            depth = back[:, None, :] - v  # mm in front of the posterior pleura
+            lowest = float(w[0, 0, np.nonzero(lung.any(axis=(0, 1)))[0][0]])
+            height = 0.22 * lm.lung_height
+            f = soft(spec["thickness"] - depth, canvas.grid.voxel) * (depth >= -1)
+            f = f * soft(lowest + height - w, canvas.grid.voxel) * (sgn * u > 0.15 * lm.half_width)
+            f = f * canvas.is_parenchyma()
+            paint(canvas.hu, None, f, value)
+            canvas.record("Atelectasis", None, f)
         else:
             target = np.array([sgn * 0.5 * lm.half_width, rng.uniform(-0.1, 0.4) * lm.half_depth, 0.22 * lm.lung_height])
-            radii = (0.3 * lm.half_width, 0.45 * lm.half_depth, spec["thickness"] / 2)
-        c = canvas.nearest_lung(target)
-        sl, f, _ = ellipsoid(canvas.grid, c, radii)
-        if sl is None:
-            continue
-        f = f * canvas.is_parenchyma(sl)
-        paint(canvas.hu, sl, f, value)
-        canvas.record("Atelectasis", sl, f)
+            c = canvas.nearest_lung(target, min_depth=15.0)
+            tilt = rng.uniform(-0.3, 0.3)
+            rot = np.array([[1, 0, 0], [0, np.cos(tilt), np.sin(tilt)], [0, -np.sin(tilt), np.cos(tilt)]], np.float32)
+            sl, f, _ = ellipsoid(canvas.grid, c, (0.3 * lm.half_width, 0.45 * lm.half_depth, spec["thickness"] / 2), rot)
+            if sl is None:
+                continue
+            f = f * canvas.is_parenchyma(sl)
+            paint(canvas.hu, sl, f, value)
+            canvas.record("Atelectasis", sl, f)
 
 
 # ---------------------------------------------------------------- pleural effusion
@@ -224,7 +253,7 @@ def draw_fibrosis(canvas: Canvas, spec: dict, rng) -> None:
     rng = np.random.default_rng(spec["seed"])
     lm = canvas.lm
     pts = canvas.lung_points
-    shallow = canvas.lung_points_depth < 8
+    shallow = canvas.lung_points_depth <= max(8.0, 1.01 * canvas.grid.voxel)
     for lobe in spec["lobes"]:
         frac = np.asarray(LOBE_CENTRES[lobe]) * [lm.half_width, lm.half_depth, lm.lung_height]
         near = shallow & (np.sign(pts[:, 0]) == (-1 if lobe_side(lobe) == "right" else 1))
@@ -258,7 +287,7 @@ def draw_septal(canvas: Canvas, spec: dict, rng) -> None:
 
     rng = np.random.default_rng(spec["seed"])
     lm = canvas.lm
-    band = lm.lung & (canvas.lung_depth < 28)
+    band = lm.lung & (canvas.lung_depth < 22)
     if spec["zone"] == "lower":
         band &= canvas.mesh[2] < 0.55 * lm.lung_height
     idx = np.argwhere(band)
@@ -272,7 +301,7 @@ def draw_septal(canvas: Canvas, spec: dict, rng) -> None:
     f = soft(2.2 - (d[:, 1] - d[:, 0]), canvas.grid.voxel * 0.8) * 0.9
     f = f * (canvas.tissue[tuple(idx.T)] == Tissue.LUNG)
     region = canvas.hu[tuple(idx.T)]
-    canvas.hu[tuple(idx.T)] = region + f * (-120.0 - region)
+    canvas.hu[tuple(idx.T)] = region + f * (-250.0 - region)
     full = np.zeros(canvas.grid.shape, np.float32)
     full[tuple(idx.T)] = f
     canvas.record("Interlobular septal thickening", None, full)

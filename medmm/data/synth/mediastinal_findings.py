@@ -154,13 +154,13 @@ def draw_medical_material(canvas: Canvas, spec: dict, rng) -> None:
     svc_low = np.array([-0.17 * lm.half_width, -0.2 * lm.half_depth, 0.5 * lm.lung_height])
     if spec["kind"] == "pacemaker":
         box = np.array([sgn * 0.55 * lm.half_width, ant, 0.86 * lm.lung_height])
-        parts.append(("box", box, (20.0, 6.0, 22.0)))
+        parts.append(("box", box, (22.0, 8.0, 24.0)))
         apex = lm.heart_centre + lm.heart_rotation.T @ np.array([0.55 * lm.heart_radii[0], -0.3 * lm.heart_radii[1], -0.2 * lm.heart_radii[2]])
         bend = np.array([sgn * 0.3 * lm.half_width, -0.55 * lm.half_depth, 0.95 * lm.lung_height])
         parts.append(("line", [box, bend, svc_top, svc_low, apex], 2.5))
     elif spec["kind"] == "port catheter":
         box = np.array([sgn * 0.45 * lm.half_width, ant, 0.78 * lm.lung_height])
-        parts.append(("box", box, (13.0, 7.0, 13.0)))
+        parts.append(("box", box, (14.0, 8.0, 14.0)))
         bend = np.array([sgn * 0.25 * lm.half_width, -0.5 * lm.half_depth, 0.98 * lm.lung_height])
         parts.append(("line", [box, bend, svc_top, svc_low], 2.5))
     else:

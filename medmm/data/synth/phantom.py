@@ -101,10 +101,11 @@ def render_phantom(patient: Patient, scan: Scan, labels: dict[str, int], size: i
     canvas.airway_lumen = draw_lung_tree(grid, hu, tissue, lm)
     draw_findings(canvas, specs, "lung", entropy)
     draw_findings(canvas, specs, "mediastinum", entropy)
-    blur = 0.6
+    blur = 0.4  # scanner point-spread function, in voxels
     noise = np.random.default_rng([entropy, scan_index, 9]).standard_normal(grid.shape, dtype=np.float32)
     hu += noise * (scan.noise_hu * _noise_gain(blur))
-    hu = gaussian_filter(hu, blur, mode="nearest")
+    canvas.hu = hu = gaussian_filter(hu, blur, mode="nearest")
+    draw_findings(canvas, specs, "dense", entropy)
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
     affine = grid.ras_affine((-scan.offset_mm[0], -scan.offset_mm[1], scan.table_z - grid.origin[2] - (size - 1) / 2 * grid.spacing[2]))
     return Phantom(hu.astype(np.float32), affine, base_tissue, specs, grid, lm, canvas.effects)

@@ -34,7 +34,7 @@ POSITIVE_PATTERNS: dict[str, re.Pattern] = {k: re.compile(v, re.IGNORECASE) for 
     "Peribronchial thickening": r"peribronchial|bronchial wall thickening",
     "Consolidation": r"consolidat",
     "Bronchiectasis": r"bronchiect|dilated bronchi",
-    "Interlobular septal thickening": r"septa",
+    "Interlobular septal thickening": r"interlobular sept",
 }.items()}
 
 NEGATIVES: dict[str, list[str]] = {
