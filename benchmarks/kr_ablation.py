@@ -55,7 +55,7 @@ def workflow(args: argparse.Namespace, fraction: float, kr_weight: float) -> dic
             "fusion": {"use_text": False, "hidden": 32},
         },
         "ontology": {"kr_weight": kr_weight, "kr_form": args.kr_form},
-        "loss": {"lm_weight": 0.0},
+        "loss": {"lm_weight": 0.0, "pos_weight": args.pos_weight},
         "optimizer": {"lr": args.lr},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "label_fraction": fraction,
                      "amp": False, "cache": "memory",
@@ -151,6 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--widths", type=int, nargs=4, default=[16, 32, 64, 64])
+    parser.add_argument("--pos-weight", choices=["auto"], default=None, help="BCE positive weight (default none)")
     parser.add_argument("--kr-weight", type=float, default=1.0, help="the > 0 KR weight")
     parser.add_argument("--kr-form", choices=["hinge", "product"], default="hinge")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])

@@ -16,6 +16,8 @@ from medmm.errors import MedmmInputError
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 _EXECUTABLE_MAGIC = {b"MZ": "Windows (MZ)", b"\x7fELF": "Linux (ELF)"}
+# (7FE0,0010) PixelData as read little-endian; big-endian files store it as E07F 1000.
+_PIXEL_DATA_TAGS = ((0x7FE0, 0x0010), (0xE07F, 0x1000))
 
 
 class NotDicomError(Exception):
@@ -178,14 +180,14 @@ def read_header(path: str | Path) -> SliceHeader:
             fp.seek(0)
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
             offset = fp.tell() if fp.tell() < size else None
+            if offset is not None and _tag_at(fp, offset) not in _PIXEL_DATA_TAGS:
+                offset = None  # stopped at something else (e.g. FloatPixelData): no classic PixelData
     except (NotDicomError, MedmmInputError):
         raise
     except OSError as err:
         raise MedmmInputError(path, f"cannot read file ({err.strerror or type(err).__name__})") from None
     except Exception as err:  # pydicom raises many types on corrupt headers
         raise MedmmInputError(path, f"corrupt or truncated DICOM header ({type(err).__name__})") from None
-    if offset is not None and _peek_tag(path, offset) not in ((0x7FE0, 0x0010), (0xE07F, 0x1000)):
-        offset = None  # stopped at something else (e.g. FloatPixelData): no classic PixelData
     header = SliceHeader(path=path, ds=ds, pixel_offset=offset, file_size=size, f=ImageFields.from_dataset(ds))
     _check_complete(header)
     return header
@@ -206,11 +208,10 @@ def _check_complete(h: SliceHeader) -> None:
         h.problem = "image object without pixel data (truncated file?)"
 
 
-def _peek_tag(path: Path, offset: int) -> tuple[int, int] | None:
-    """(group, element) read little-endian; big-endian PixelData reads as (0xE07F, 0x1000)."""
-    with open(path, "rb") as fp:
-        fp.seek(offset)
-        raw = fp.read(4)
+def _tag_at(fp, offset: int) -> tuple[int, int] | None:
+    """(group, element) at ``offset``, read little-endian."""
+    fp.seek(offset)
+    raw = fp.read(4)
     if len(raw) < 4:
         return None
     return int.from_bytes(raw[0:2], "little"), int.from_bytes(raw[2:4], "little")
@@ -219,12 +220,45 @@ def _peek_tag(path: Path, offset: int) -> tuple[int, int] | None:
 def read_dicom_header(path: str | Path):
     """Public helper: the header of one DICOM file as a pydicom ``Dataset`` (no pixel data).
 
-    Used by writers (SR, SEG) that must reference the source series. May contain PHI: never log it.
+    Used by writers (SR, SEG) that must reference the source series. Also accepts the
+    ``<archive.zip>/<member>`` paths that `load_volume` puts in ``Volume.source_files`` for a
+    zip input. The result may contain PHI: never log it.
 
     Raises:
-        MedmmInputError: not DICOM, executable preamble, or corrupt header.
+        MedmmInputError: missing, not DICOM, executable preamble, or corrupt header.
     """
+    path = Path(path)
+    if not path.is_file():
+        archive = next((p for p in path.parents if p.is_file()), None)
+        if archive is None:
+            raise MedmmInputError(path, "no such DICOM file")
+        return _read_zip_member_header(archive, path.relative_to(archive).as_posix())
     try:
         return read_header(path).ds
     except NotDicomError:
         raise MedmmInputError(path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
+
+
+def _read_zip_member_header(archive: Path, member: str):
+    import io
+    import zipfile
+
+    import pydicom
+
+    from medmm.io.archive import check_zip
+
+    try:
+        with zipfile.ZipFile(archive) as zf, zf.open(member) as fh:
+            check_zip(archive, zf)  # same name/size/bomb limits as load_volume
+            head = fh.read(132)
+            check_preamble(archive, head)
+            data = head + fh.read()
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except NotDicomError:
+        raise MedmmInputError(archive, f"member '{member[:80]}' is not a DICOM file") from None
+    except MedmmInputError:
+        raise
+    except (KeyError, zipfile.BadZipFile) as err:
+        raise MedmmInputError(archive, f"no readable member '{member[:80]}' ({type(err).__name__})") from None
+    except Exception as err:  # pydicom raises many types on corrupt headers
+        raise MedmmInputError(archive, f"member '{member[:80]}': corrupt DICOM header ({type(err).__name__})") from None

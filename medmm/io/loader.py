@@ -33,7 +33,13 @@ def _existing(path: str | Path) -> Path:
 
 
 def _is_zip(p: Path) -> bool:
-    return p.suffix.lower() == ".zip" or zipfile.is_zipfile(p)
+    """A zip by name or by its first bytes; a file with the DICOM marker is DICOM, even if it
+    also parses as a zip (a DICOM/zip polyglot must not smuggle other files in)."""
+    with open(p, "rb") as fh:
+        head = fh.read(132)
+    if head[128:132] == b"DICM":
+        return False
+    return p.suffix.lower() == ".zip" or head.startswith(b"PK\x03\x04") or zipfile.is_zipfile(p)
 
 
 def load_volume(path: str | Path, series: str | None = None) -> Volume:

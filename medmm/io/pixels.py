@@ -29,6 +29,7 @@ MAX_DECODED_BYTES = 8 * 1024**3
 MAX_COMPRESSION_RATIO = 1000
 _NATIVE_LE = {"1.2.840.10008.1.2": False, "1.2.840.10008.1.2.1": True}  # uid -> explicit VR
 _COLOUR = ("RGB", "YBR", "PALETTE")
+_PIXEL_VRS = (b"OB", b"OW", b"UN")
 
 
 def check_greyscale(h: SliceHeader) -> None:
@@ -98,16 +99,26 @@ def read_stored(h: SliceHeader) -> np.ndarray:
 
 
 def _read_native(h: SliceHeader, nbytes: int, *, explicit: bool, bits: int) -> np.ndarray:
-    """Read uncompressed little-endian pixel data straight from the file (one read, no copy)."""
-    head_len = 12 if explicit else 8  # tag + VR + reserved + 4-byte length | tag + 4-byte length
+    """Read uncompressed little-endian pixel data straight from the file (one read, no copy).
+
+    The element header is tag + VR + 2 reserved + 4-byte length (explicit VR) or tag + 4-byte
+    length (implicit VR). Files labelled explicit but written implicit exist (pydicom warns
+    about them); the VR bytes decide, as in pydicom, so the data never starts 4 bytes off.
+    """
     with open(h.path, "rb") as fp:
         fp.seek(h.pixel_offset)
-        head = fp.read(head_len)
-        length = int.from_bytes(head[head_len - 4:head_len], "little")
-        if len(head) < head_len or length == 0xFFFFFFFF:
+        head = fp.read(12)
+        if len(head) < 12:
+            raise MedmmInputError(h.path, "truncated pixel data element")
+        if explicit and head[4:6] in _PIXEL_VRS and head[6:8] == b"\0\0":
+            start, length = 12, int.from_bytes(head[8:12], "little")
+        else:
+            start, length = 8, int.from_bytes(head[4:8], "little")
+        if length == 0xFFFFFFFF:
             raise MedmmInputError(h.path, "malformed pixel data element for an uncompressed transfer syntax")
         if length < nbytes:
             raise MedmmInputError(h.path, f"truncated pixel data: element holds {length} bytes, {nbytes} needed")
+        fp.seek(h.pixel_offset + start)
         buf = fp.read(nbytes)
     if len(buf) < nbytes:
         raise MedmmInputError(h.path, f"truncated pixel data: file ends after {len(buf)} of {nbytes} bytes")

@@ -28,8 +28,8 @@ LOCALIZER_ANGLE_DEG = 30.0
 
 
 def io_threads() -> int:
-    """Worker threads for file reading/decoding (I/O and numpy release the GIL)."""
-    return min(16, (os.cpu_count() or 2) * 2)
+    """Worker threads for file reading/decoding (file I/O and numpy release the GIL)."""
+    return min(8, (os.cpu_count() or 2) * 2)
 
 
 @dataclass(frozen=True)

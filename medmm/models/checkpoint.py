@@ -111,7 +111,7 @@ def save_checkpoint(
     interrupted save leaves the previous checkpoint intact.
 
     Args:
-        model: the model to save.
+        model: the model to save (a ``DistributedDataParallel`` wrapper is unwrapped).
         directory: run directory (created if missing).
         name: checkpoint name, e.g. ``"best"`` or ``"last"``.
         meta: JSON-serialisable run metadata (thresholds, preprocessing, workflow, ...); merged
@@ -122,6 +122,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     skipped = _skipped_keys(model)
@@ -230,7 +231,8 @@ def load_checkpoint(
     try:
         result = model.load_state_dict(tensors, strict=False)
     except RuntimeError as err:
-        raise MedmmInputError(path, f"weights do not fit the stored model config ({str(err).splitlines()[0]})") from None
+        first = str(err).splitlines()[0]
+        raise MedmmInputError(path, f"weights do not fit the stored model config ({first})") from None
     if result.unexpected_keys:
         raise MedmmInputError(path, f"unexpected weights {result.unexpected_keys[:3]} for the stored model config")
     state = model.state_dict()

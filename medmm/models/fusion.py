@@ -79,7 +79,10 @@ class FusionHead(nn.Module):
         text_emb: torch.Tensor | None = None,
         image_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``[B, L]`` from ``pooled [B, D]``, ``text_emb [B, T]`` and ``image_tokens [B, N, D]`` (needed by cross_attention)."""
+        """Logits ``[B, L]`` from ``pooled [B, D]``, ``text_emb [B, T]`` and ``image_tokens [B, N, D]``.
+
+        ``text_emb`` is needed unless ``use_text`` is false; ``image_tokens`` by ``cross_attention``.
+        """
         if not self.cfg.use_text:
             return self.head(pooled)
         if text_emb is None:

@@ -84,7 +84,9 @@ def build_backbone(cfg: ImageEncoderConfig) -> tuple[nn.Module, Callable[[torch.
         del net.last_linear
         return net, net.features, _last_norm_channels(net.layer4)
     if cfg.name == "efficientnet-b0":
-        net = nets.EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=dims, in_channels=inc, num_classes=1)
+        net = nets.EfficientNetBN(
+            "efficientnet-b0", pretrained=False, spatial_dims=dims, in_channels=inc, num_classes=1
+        )
         del net._fc
 
         def efficientnet_features(x: torch.Tensor) -> torch.Tensor:

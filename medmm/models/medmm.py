@@ -103,5 +103,6 @@ class MedMM(nn.Module):
         if self.text_encoder is None:
             return self.classify(pooled)
         if texts is None or len(texts) != image.shape[0]:
-            raise ValueError(f"need one fusion text per image ({image.shape[0]}), got {None if texts is None else len(texts)}")
+            got = None if texts is None else len(texts)
+            raise ValueError(f"need one fusion text per image ({image.shape[0]}), got {got}")
         return self.classify(pooled, self.encode_text(texts), tokens)

@@ -111,6 +111,8 @@ class ReportGenerator(nn.Module):
             self.lm = load_causal_lm(cfg.name_or_path)
             self.bos_id, self.eos_id, self.pad_id = special_token_ids(self.tokenizer)
         self.suppress_ids = _never_generate(self.tokenizer, self.eos_id)
+        # GPT-2's logits are exactly lm_head(transformer(...)); other LMs may post-process them
+        self._split_head = type(self.lm).__name__ == "GPT2LMHeadModel"
         width = int(self.lm.get_input_embeddings().embedding_dim)
         # two-layer MLP projector (ClipCap / LLaVA-1.5 style) from image tokens to LM embeddings
         self.projector = nn.Sequential(nn.Linear(image_dim, width), nn.GELU(), nn.Linear(width, width))
@@ -154,18 +156,23 @@ class ReportGenerator(nn.Module):
         labels[:, 0] = IGNORE_INDEX  # bos is given, never predicted
         prefix = self._prefix(tokens)
         embeds = self.lm.get_input_embeddings()(ids)
+        extra = {}
         if self.cfg.conditioning == "cross_attention":
-            logits = self.lm(inputs_embeds=embeds, attention_mask=mask, encoder_hidden_states=prefix).logits
+            extra["encoder_hidden_states"] = prefix
         else:
             n_prefix = prefix.shape[1]
             embeds = torch.cat([prefix, embeds], dim=1)
             mask = torch.cat([mask.new_ones(mask.shape[0], n_prefix), mask], dim=1)
             labels = torch.cat([labels.new_full((labels.shape[0], n_prefix), IGNORE_INDEX), labels], dim=1)
-            logits = self.lm(inputs_embeds=embeds, attention_mask=mask).logits
-        # position t predicts token t+1
-        return F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
-        )
+        targets = labels[:, 1:]  # position t predicts token t+1
+        keep = targets != IGNORE_INDEX
+        if self._split_head:
+            # the vocabulary projection dominates the cost; apply it only where a target exists
+            hidden = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask, **extra).last_hidden_state
+            logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])
+        else:
+            logits = self.lm(inputs_embeds=embeds, attention_mask=mask, **extra).logits[:, :-1][keep]
+        return F.cross_entropy(logits.float(), targets[keep])
 
     # ----------------------------------------------------------------------------- decoding
     def _processors(self) -> Any:

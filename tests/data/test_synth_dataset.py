@@ -112,12 +112,28 @@ def test_reports_mention_positives_and_never_assert_absent_findings():
     assert negated > 100  # absent findings are negated regularly
 
 
-def test_report_labeler_agrees_with_labels():
-    """If the knowledge engineer's ReportLabeler is importable, its labels must match ours."""
+@pytest.fixture(scope="module")
+def ontology():
     knowledge = pytest.importorskip("medmm.knowledge")
+    return knowledge.load_ontology()
+
+
+@pytest.mark.slow
+def test_implications_match_the_ontology(ontology):
+    c = ontology.constraints(list(CT_RATE_FINDINGS))
+    onto = {(CT_RATE_FINDINGS[a], CT_RATE_FINDINGS[b]) for a, b in c.implications.tolist()}
+    assert onto == set(IMPLICATIONS)
+    assert c.exclusions.numel() == 0  # nothing for the sampler to respect beyond implications
+
+
+@pytest.mark.slow
+def test_report_labeler_agrees_with_labels(ontology):
+    """The knowledge engineer's ReportLabeler recovers our labels from our reports."""
     from sklearn.metrics import f1_score
 
-    labeler = knowledge.ReportLabeler(knowledge.load_ontology(), list(CT_RATE_FINDINGS))
+    from medmm.knowledge import ReportLabeler
+
+    labeler = ReportLabeler(ontology, list(CT_RATE_FINDINGS))
     y, p = [], []
     for labels, report in _reports(40):
         got = labeler(report)

@@ -158,3 +158,35 @@ def test_implications_hold_for_sampled_labels():
         for labels in _scan_labels(seed, age, 2):
             for child, parent in IMPLICATIONS:
                 assert not (labels[child] == 1 and labels[parent] != 1)
+
+
+def test_prevalences_follow_the_table():
+    from medmm.data.synth.labels import PREVALENCE, sample_age_sex, sample_labels
+
+    rng = np.random.default_rng(0)
+    draws = [sample_labels(rng, sample_age_sex(rng)[0]) for _ in range(4000)]
+    for name, target in PREVALENCE.items():
+        assert abs(np.mean([d[name] for d in draws]) - target) < 0.03, name
+    # age correlation: calcification is commoner in the old
+    age_rng = np.random.default_rng(1)
+    young = np.mean([sample_labels(age_rng, 35)["Arterial wall calcification"] for _ in range(1000)])
+    elderly = np.mean([sample_labels(age_rng, 80)["Arterial wall calcification"] for _ in range(1000)])
+    assert elderly > young + 0.3
+
+
+def test_follow_up_keeps_anatomy_and_chronic_findings():
+    from medmm.data.synth.generator import _patient_state, _scan_labels
+    from medmm.data.synth.labels import ACUTE
+
+    kept = total = 0
+    for entropy in range(200):
+        age, _, _ = _patient_state(entropy)
+        first, second = _scan_labels(entropy, age, 2)
+        for name in CT_RATE_FINDINGS:
+            if name not in ACUTE and first[name] == 1:
+                total += 1
+                kept += second[name] == 1
+    assert kept / total > 0.9
+    a, *_ = render_scan(5, 32, None, 0, 2)
+    b, *_ = render_scan(5, 32, None, 1, 2)
+    assert a.landmarks.half_width == b.landmarks.half_width and not np.array_equal(a.hu, b.hu)

@@ -12,6 +12,7 @@ from inference_helpers import assert_no_phi
 from medmm.errors import MedmmInputError
 from medmm.inference.schema import RESULT_JSON_SCHEMA
 from medmm.inference.writers import check_out_dir, scan_name, write_outputs
+from medmm.inference.writers.dicom_sr import pseudonym_uid
 
 
 @pytest.fixture
@@ -66,8 +67,11 @@ def test_all_outputs(dicom_result, scans, tmp_path):
         for series in study.ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
     }
-    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in dicom_result.source_files}
-    assert referenced == sources
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_result.source_files]
+    sources = {h.SOPInstanceUID for h in headers}
+    assert referenced == {pseudonym_uid(uid) for uid in sources} and len(referenced) == len(sources)
+    source_uids = sources | {headers[0].StudyInstanceUID, headers[0].SeriesInstanceUID}
+    assert not any(uid.encode() in raw for uid in source_uids)  # de-identified: no source UIDs
     assert str(ds.PatientName) == "ANONYMOUS^" and ds.PatientID == "ANONYMOUS"
 
     bundle = json.loads((out / "fhir.json").read_text())
@@ -85,6 +89,8 @@ def test_keep_phi_copies_patient_into_sr(dicom_result, scans, tmp_path):
     write_outputs(dicom_result, tmp_path / "o", input_path=scans["dicom"], html=False, dicom_sr=True, keep_phi=True)
     ds = pydicom.dcmread(tmp_path / "o" / "report_sr.dcm")
     assert str(ds.PatientName) == "SENTINEL^PHI"
+    source = pydicom.dcmread(dicom_result.source_files[0], stop_before_pixels=True)
+    assert ds.StudyInstanceUID == source.StudyInstanceUID  # files into the source study
 
 
 def test_sr_needs_dicom(tiny_predictor, scans, tmp_path):
@@ -114,3 +120,18 @@ def test_out_dir_policy(scans, out_rel, input_kind, ok):
 )
 def test_scan_name(path, name):
     assert scan_name(path) == name
+
+
+def test_unwritable_out_is_input_error(dicom_result, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MedmmInputError, match="is a file"):
+        write_outputs(dicom_result, tmp_path / "afile" / "sub")
+
+    import medmm.inference.writers.files as files
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files, "atomic_write_text", disk_full)
+    with pytest.raises(MedmmInputError, match="No space left"):
+        write_outputs(dicom_result, tmp_path / "full", html=False)

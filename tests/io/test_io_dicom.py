@@ -98,6 +98,12 @@ def test_zip_of_dicom_loads_and_names_members(tmp_path):
     assert vol.meta["source_format"] == "dicom-zip"
     assert [p.name for p in vol.source_files] == [f.name for f in files]
     assert all(str(p).startswith(str(archive)) for p in vol.source_files)
+    from medmm.io import read_dicom_header
+
+    for member, src in zip(vol.source_files, files):
+        assert read_dicom_header(member).SOPInstanceUID == read_dicom_header(src).SOPInstanceUID
+    with pytest.raises(MedmmInputError, match="no readable member"):
+        read_dicom_header(archive / "nope.dcm")
 
 
 @pytest.mark.parametrize("modality", ["CT", "MR"])
@@ -110,6 +116,15 @@ def test_enhanced_multiframe_uses_functional_groups(tmp_path, modality):
     np.testing.assert_array_equal(vol.array, expected)
     np.testing.assert_allclose(vol.affine, AFFINE, atol=1e-6)
     assert vol.meta["source_format"] == "dicom-multiframe"
+
+
+def test_folder_holding_one_enhanced_file(tmp_path):
+    hu = make_hu()
+    (tmp_path / "study").mkdir()
+    write_enhanced(tmp_path / "study" / "mf.dcm", hu)
+    vol = load_volume(tmp_path)
+    np.testing.assert_array_equal(vol.array, hu)
+    assert list_series(tmp_path)[0].multiframe
 
 
 def test_missing_path_and_empty_inputs(tmp_path):
@@ -193,18 +208,12 @@ def _pixel_spacing(dss):
     dss[5].PixelSpacing = [0.5, 0.5]
 
 
-def _jitter(dss):
-    dss[6].ImagePositionPatient = [float(v) + (0.3 if i == 3 else 0) for i, v in enumerate(dss[6].ImagePositionPatient)]
-
-
 def _uneven(dss):
     x, y, z = (float(v) for v in dss[3].ImagePositionPatient)
     dss[3].ImagePositionPatient = [x, y, z + 0.6]
 
 
 def _size(dss):
-    import numpy as np
-
     dss[1].Rows = 11
     dss[1].PixelData = np.zeros((11, 10), np.uint16).tobytes()
 
@@ -390,6 +399,25 @@ def test_signed_bits_stored_sign_extends(tmp_path):
 
     vol = load_volume(_mutated_series(tmp_path, signed12, hu=hu))
     np.testing.assert_array_equal(vol.array, hu)
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")
+def test_explicit_label_on_implicit_data_decodes_in_place(tmp_path):
+    """Files labelled Explicit VR but written Implicit exist; pixel data must not start 4 bytes off."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    from medmm.io.pixels import decode_file
+
+    ds = series_datasets()[0]  # file meta says Explicit VR Little Endian
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    fp.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+    fp.is_implicit_VR = True
+    write_dataset(fp, ds)
+    (tmp_path / "x.dcm").write_bytes(fp.getvalue())
+    np.testing.assert_array_equal(decode_file(tmp_path / "x.dcm")[0], make_hu()[:, :, 0].T)
 
 
 def _rgb(dss):

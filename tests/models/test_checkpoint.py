@@ -141,7 +141,7 @@ def test_pickle_checkpoint_is_refused_and_never_unpickled(tmp_path, how):
     [
         (lambda d: shutil.rmtree(d), "checkpoint folder not found"),
         (lambda d: None, "no checkpoint named 'best'; available: none"),
-        (lambda d: (d / "best.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage"), "not a valid safetensors"),
+        (lambda d: (d / "best.safetensors").write_bytes(b"\x10" + b"\x00" * 7 + b"{garbage"), "not a valid safetensors"),
         (lambda d: (d / "best.safetensors").write_bytes(b""), "not a valid safetensors"),
     ],
 )
@@ -185,3 +185,16 @@ def test_changed_pretrained_text_encoder_is_detected(tiny_config, tmp_path, tiny
     BertModel(BertModel.config_class.from_pretrained(encoder_copy)).save_pretrained(encoder_copy)
     with pytest.raises(MedmmInputError, match="text encoder .* different weights"):
         load_checkpoint(tmp_path / "run", "best")
+
+
+@pytest.mark.gpu
+def test_cuda_round_trip_and_decoding(tiny_config, image, tmp_path):
+    torch.manual_seed(0)
+    model = MedMM(tiny_config(fusion={"mode": "cross_attention"}), LABELS).eval()
+    save_checkpoint(model, tmp_path, "best")
+    loaded, _ = load_checkpoint(tmp_path, "best", map_location="cuda")
+    assert next(loaded.parameters()).is_cuda
+    cpu_logits, _, cpu_reports = _outputs(model, image)
+    gpu_logits, _, gpu_reports = _outputs(loaded, image.cuda())
+    assert torch.allclose(gpu_logits.cpu(), cpu_logits, atol=1e-4)
+    assert len(gpu_reports) == len(cpu_reports) == 2

@@ -45,6 +45,16 @@ def test_loss_counts_report_tokens_only(tiny_bert_dir):
     assert torch.allclose(together, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("conditioning", ["prefix", "cross_attention"])
+def test_vocabulary_projection_shortcut_matches_full_logits(tiny_bert_dir, conditioning):
+    gen = _generator(tiny_bert_dir, conditioning=conditioning).eval()
+    assert gen._split_head
+    with torch.no_grad():
+        fast = gen.loss(_tokens(), REPORTS)
+        gen._split_head = False
+        assert torch.allclose(gen.loss(_tokens(), REPORTS), fast, atol=1e-6)
+
+
 def test_loss_depends_on_the_image(tiny_bert_dir):
     gen = _generator(tiny_bert_dir).eval()
     with torch.no_grad():
@@ -59,7 +69,9 @@ def test_reports_count_must_match_images(tiny_bert_dir):
 @pytest.mark.parametrize("conditioning", ["prefix", "cross_attention"])
 def test_learns_to_write_each_images_report(tiny_bert_dir, conditioning):
     """A few optimiser steps lower the loss; after ~150 the greedy decode reproduces each report."""
-    gen = _generator(tiny_bert_dir, conditioning=conditioning, dropout=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0)
+    gen = _generator(
+        tiny_bert_dir, conditioning=conditioning, dropout=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0
+    )
     tokens = _tokens()
     opt = torch.optim.AdamW(gen.parameters(), lr=3e-3)
     losses = []
@@ -102,13 +114,14 @@ def test_decode_joins_wordpieces_and_drops_specials(tiny_bert_dir):
 def test_never_generates_special_or_unused_tokens(tiny_bert_dir):
     gen = _generator(tiny_bert_dir)
     tok = gen.tokenizer
-    banned = {tok.cls_token_id, tok.pad_token_id, tok.mask_token_id, tok.unk_token_id, tok.convert_tokens_to_ids("[unused0]")}
+    unused = tok.convert_tokens_to_ids("[unused0]")
+    banned = {tok.cls_token_id, tok.pad_token_id, tok.mask_token_id, tok.unk_token_id, unused}
     assert banned <= set(gen.suppress_ids) and tok.sep_token_id not in gen.suppress_ids
     seen = []
     decode = gen.decode
     gen.decode = lambda ids: seen.append(ids) or decode(ids)  # capture the raw ids
     with torch.no_grad():  # bias the untrained LM towards [unused0] so the mask has work to do
-        gen.lm.lm_head.weight[tok.convert_tokens_to_ids("[unused0]")] *= 50
+        gen.lm.lm_head.weight[unused] *= 50
     gen.generate(_tokens(), max_new_tokens=12, repetition_penalty=1.0, no_repeat_ngram_size=0)
     assert not banned & set(seen[0].flatten().tolist()) - {tok.pad_token_id}  # pad only fills after eos
 

@@ -15,7 +15,6 @@ All DICOM here carries planted PHI (`PHI_STRINGS`) that must never appear in any
 
 from __future__ import annotations
 
-import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -391,8 +390,21 @@ def _zip_bomb(zf: zipfile.ZipFile, d: Path) -> None:
 
 def _not_a_zip(d: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
-    (d / "scan.zip").write_bytes(b"PK\x03\x04" + os.urandom(0) + bytes(100))
+    (d / "scan.zip").write_bytes(b"PK\x03\x04" + bytes(100))  # local-header magic, then nothing
     return d / "scan.zip"
+
+
+def _dicom_zip_polyglot(d: Path) -> Path:
+    """A DICOM slice with a zip appended, named .zip: must be read as DICOM, never unpacked."""
+    files = write_series(d / "src", HU)
+    import io as _io
+
+    buf = _io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../payload.sh", "echo owned")
+    out = d / "innocent.zip"
+    out.write_bytes(files[0].read_bytes() + buf.getvalue())
+    return out
 
 
 def _missing(d: Path) -> Path:
@@ -454,6 +466,7 @@ def synthetic_cases() -> list[CorpusCase]:
         c("zip_symlink_member", _zip(_zip_symlink), fails("symbolic link")),
         c("zip_bomb", _zip(_zip_bomb), fails("zip bomb")),
         c("corrupt_zip", _not_a_zip, fails("zip")),
+        c("dicom_zip_polyglot", _dicom_zip_polyglot, fails("single 2D slice")),
     ]
 
 

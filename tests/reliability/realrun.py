@@ -71,6 +71,24 @@ def make_run(run_dir: Path, train_patient_ids=("train-patient",), roi=(16, 16, 1
     return run_dir
 
 
+_SHARED: dict[str, Path] = {}
+
+
+def shared_run(tmp_path_factory) -> Path:
+    """One run directory per test session (building and saving a MedMM costs seconds)."""
+    if "run" not in _SHARED:
+        _SHARED["run"] = make_run(tmp_path_factory.mktemp("shared_run") / "run")
+    return _SHARED["run"]
+
+
+def shared_phi_scan(tmp_path_factory) -> tuple[Path, list[str]]:
+    """One PHI-carrying DICOM series per test session: (folder, sentinels)."""
+    if "scan" not in _SHARED:
+        _SHARED["scan"], sentinels = write_phi_series(tmp_path_factory.mktemp("shared_scan") / "dicom")
+        _SHARED["sentinels"] = sentinels  # type: ignore[assignment]
+    return _SHARED["scan"], list(_SHARED["sentinels"])  # type: ignore[arg-type]
+
+
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """Run the ``medmm`` entry point in-process: (exit code, stdout, stderr)."""
     from medmm.cli import main

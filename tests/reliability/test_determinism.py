@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from .realrun import make_run, write_phi_series
+from .realrun import shared_phi_scan, shared_run
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -35,12 +35,12 @@ def test_same_seed_same_synthetic_bytes(tmp_path, fmt):
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("det") / "run")
+    return shared_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):
-    return write_phi_series(tmp_path_factory.mktemp("det_scan") / "dicom")[0]
+    return shared_phi_scan(tmp_path_factory)[0]
 
 
 def test_same_model_same_predictions(real_run, scan):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .realrun import make_run, one_error_line, run_cli, write_phi_series
+from .realrun import one_error_line, run_cli, shared_phi_scan, shared_run
 
 TINY_WORKFLOW = """\
 name: tiny-faults

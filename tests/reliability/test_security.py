@@ -13,7 +13,7 @@ import pytest
 from medmm.errors import MedmmConfigError, MedmmError
 
 
-from .realrun import make_run, one_error_line, run_cli, write_phi_series
+from .realrun import one_error_line, run_cli, shared_phi_scan, shared_run, write_phi_series
 
 
 class Payload:
@@ -28,7 +28,7 @@ class Payload:
 
 @pytest.fixture(scope="module")
 def run_template(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("run") / "run")
+    return shared_run(tmp_path_factory)
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_yaml_python_tags_refused(tmp_path, tag):
 # --------------------------------------------------------------------------------- PHI
 @pytest.fixture(scope="module")
 def phi_scan(tmp_path_factory):
-    return write_phi_series(tmp_path_factory.mktemp("phi") / "dicom")
+    return shared_phi_scan(tmp_path_factory)
 
 
 def _assert_clean(texts: dict[str, str], sentinels: list[str]) -> None:

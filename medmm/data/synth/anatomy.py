@@ -346,13 +346,17 @@ def _draw_skeleton(grid: Grid, p: Patient, hu, tissue, U, V, W) -> np.ndarray:
     return spine
 
 
-def draw_lung_tree(grid: Grid, hu: np.ndarray, tissue: np.ndarray, lm: Landmarks) -> np.ndarray:
+def draw_lung_tree(grid: Grid, hu: np.ndarray, tissue: np.ndarray, lm: Landmarks, seed: int) -> np.ndarray:
     """Pulmonary vessels (beside each bronchus, plus veins) and the bronchial tree.
 
-    Returns the airway-lumen fraction (used to keep air bronchograms inside consolidation).
+    Args:
+        seed: the patient's tree seed (veins are placed from it).
+
+    Returns:
+        The airway-lumen fraction (used to keep air bronchograms inside consolidation).
     """
     lung = lm.lung
-    rng = np.random.default_rng(len(lm.airways) * 7919 + int(lm.lung_height * 10))
+    rng = np.random.default_rng([seed, 1])
     inside = np.zeros(grid.shape, np.float32)
     for seg in lm.airways:
         if seg["gen"] == 0:

@@ -106,5 +106,6 @@ class Canvas:
             np.maximum(target[sl], frac, out=target[sl])
 
     def is_parenchyma(self, sl=None) -> np.ndarray:
+        """Voxels (of the crop ``sl``) currently labelled lung."""
         t = self.tissue if sl is None else self.tissue[sl]
         return t == Tissue.LUNG

@@ -218,15 +218,10 @@ def ensure_synthetic(cache_dir: str | Path, n: int, seed: int = 0, size: int = 6
         Path of the manifest.
     """
     params = _params(n, seed, size, fmt)
-    cache = Path(cache_dir)
+    cache = Path(cache_dir).expanduser()
     target = cache / f"synth_n{params['n']}_seed{params['seed']}_size{params['size']}_{fmt}_v{GENERATOR_VERSION}"
-    marker = target / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == params:
-                return target / "manifest.csv"
-        except (OSError, ValueError):
-            pass
+    if _complete(target, params):
+        return target / "manifest.csv"
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
     try:
@@ -234,10 +229,23 @@ def ensure_synthetic(cache_dir: str | Path, n: int, seed: int = 0, size: int = 6
         from medmm.io.writers import atomic_write_bytes
 
         atomic_write_bytes(tmp / MARKER, json.dumps(params, sort_keys=True).encode())
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        if not _complete(target, params):  # another process may have finished meanwhile: keep theirs
+            if target.exists():
+                shutil.rmtree(target)  # an interrupted generation
+            try:
+                tmp.rename(target)
+            except OSError:
+                if not _complete(target, params):
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target / "manifest.csv"
+
+
+def _complete(target: Path, params: dict) -> bool:
+    """Whether ``target`` holds a finished generation with exactly these parameters."""
+    try:
+        return json.loads((target / MARKER).read_text()) == params
+    except (OSError, ValueError):
+        return False

@@ -189,10 +189,10 @@ def draw_atelectasis(canvas: Canvas, spec: dict, rng) -> None:
             has = lung.any(axis=1)
             back = np.where(has, v_axis[lung.shape[1] - 1 - np.argmax(lung[:, ::-1, :], axis=1)], -1e6)
             depth = back[:, None, :] - v  # mm in front of the posterior pleura
-            lowest = float(w[0, 0, np.nonzero(lung.any(axis=(0, 1)))[0][0]])
-            height = 0.22 * lm.lung_height
+            dome = (0.0 if side == "right" else -canvas.patient.left_dome_drop) + spec["elevation"]
+            top = dome + 0.2 * lm.lung_height
             f = soft(spec["thickness"] - depth, canvas.grid.voxel) * (depth >= -1)
-            f = f * soft(lowest + height - w, canvas.grid.voxel) * (sgn * u > 0.15 * lm.half_width)
+            f = f * soft(top - w, canvas.grid.voxel) * (sgn * u > 0.15 * lm.half_width)
             f = f * canvas.is_parenchyma()
             paint(canvas.hu, None, f, value)
             canvas.record("Atelectasis", None, f)

@@ -15,7 +15,7 @@ import numpy as np
 from medmm.data.synth.anatomy import Landmarks, Patient, draw_anatomy, draw_lung_tree
 from medmm.data.synth.context import Canvas
 from medmm.data.synth.findings import anatomy_mods, draw_findings, sample_specs
-from medmm.data.synth.geometry import Grid
+from medmm.data.synth.geometry import Grid, smooth_noise
 
 HU_MIN, HU_MAX = -1024.0, 3071.0
 
@@ -94,11 +94,9 @@ def render_phantom(patient: Patient, scan: Scan, labels: dict[str, int], size: i
     canvas = Canvas(grid, hu, tissue, lm, patient, scan.contrast)
     rng = np.random.default_rng([entropy, scan_index, 5])
     if "Mosaic attenuation pattern" not in specs:  # mild normal heterogeneity, so mosaic is about amplitude
-        from medmm.data.synth.geometry import smooth_noise
-
         cells = max(4, int(round(size * grid.spacing[0] / 35.0)))
         hu += 12.0 * np.tanh(smooth_noise(rng, grid.shape, cells)) * lm.lung
-    canvas.airway_lumen = draw_lung_tree(grid, hu, tissue, lm)
+    canvas.airway_lumen = draw_lung_tree(grid, hu, tissue, lm, patient.tree_seed)
     draw_findings(canvas, specs, "lung", entropy)
     draw_findings(canvas, specs, "mediastinum", entropy)
     blur = 0.4  # scanner point-spread function, in voxels

@@ -185,6 +185,7 @@ SECTIONS = (
 def write_report(labels: dict[str, int], specs: dict[str, dict], rng: np.random.Generator) -> str:
     """FINDINGS + IMPRESSION text for one scan."""
     findings, impression = [], []
+    fillers = list(rng.permutation(FILLER))
     for section in SECTIONS:
         for name in section:
             if labels.get(name, 0) == 1:
@@ -195,7 +196,7 @@ def write_report(labels: dict[str, int], specs: dict[str, dict], rng: np.random.
                 options = NEGATIVES[name]
                 findings.append(options[int(rng.integers(len(options)))])
         if rng.random() < 0.5:
-            findings.append(FILLER[int(rng.integers(len(FILLER)))])
+            findings.append(str(fillers.pop()))
     if labels.get("Consolidation", 0) == 1 and "Lung opacity" in specs and len(impression) > 1:
         impression = [s for s in impression if s != "Ground-glass opacities."] or impression
     if not impression:

@@ -8,17 +8,26 @@ then DICOM (``DCM``); findings without such a code use the local scheme ``99MEDM
 
 The SR references the source series: every source SOP instance is listed in the evidence
 sequence (that is how a PACS attaches the SR to its study) and each group names the central
-slice as its source image. Patient identity: by default the SR is **de-identified** — patient
-name/ID/birth date/sex and study date/time/accession/physician are replaced or emptied (study,
-series and instance UIDs are kept, as the references need them). ``keep_phi=True`` copies the
-source's patient and study modules unchanged, for results that go back into the clinical PACS.
+slice as its source image.
+
+Patient identity — decided here, documented in ``docs/inference.md``:
+
+* default: the SR is **de-identified** in the spirit of the DICOM PS3.15 Basic Profile. Patient
+  name/ID become ``ANONYMOUS``; birth date, sex, age, study/series dates and times, accession
+  number, physician and institution are emptied; every source UID (study, series, SOP instance,
+  frame of reference) is replaced by a deterministic pseudonym ``generate_uid(entropy_srcs=
+  [UID_SALT, uid])``. The SR therefore references the instances of a de-identified copy of the
+  series made with the same mapping (the same source always maps to the same pseudonyms), and
+  nothing in it links back to the source study.
+* ``keep_phi=True`` (CLI ``--keep-phi``): patient and study modules and all UIDs are copied
+  unchanged, so a clinical PACS files the SR with its source study. Use only inside the
+  clinical environment.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +82,28 @@ def local_code(finding: str) -> str:
     return "-".join(finding.upper().split())[:16]
 
 
+# UIDs that identify the source study/series/instances (pseudonymised when de-identifying).
+_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+UID_SALT = "medmm-sr-deid-v1"
+
+
+def pseudonym_uid(uid: str) -> str:
+    """Deterministic replacement UID for ``uid`` (same input → same pseudonym)."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[UID_SALT, str(uid)])
+
+
+def _pseudonymise_uids(ds):
+    ds = copy.deepcopy(ds)
+    for keyword in _UID_KEYWORDS:
+        if keyword in ds:
+            setattr(ds, keyword, pseudonym_uid(getattr(ds, keyword)))
+    if "file_meta" in ds.__dict__ and ds.file_meta is not None and "MediaStorageSOPInstanceUID" in ds.file_meta:
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
 def _deidentify(ds):
     ds = copy.deepcopy(ds)
     for keyword, value in _PHI_REPLACE.items():
@@ -84,41 +115,16 @@ def _deidentify(ds):
 
 
 def read_evidence(source_files: list[Any]) -> list[Any]:
-    """Headers (no pixels) of the source DICOM instances, from files or zip members.
-
-    ``medmm.io`` names a zip input's slices ``<archive.zip>/<member>``; those are read from the
-    archive (already validated by ``load_volume``) without extracting it again.
+    """Headers (no pixels) of the source DICOM instances (files, or ``<archive.zip>/<member>``).
 
     Raises:
         MedmmInputError: the input was not DICOM, or its files are gone.
     """
-    if not source_files:
-        raise MedmmInputError(None, "--dicom-sr needs a DICOM input (this scan was not DICOM)")
-    archives: dict[Path, zipfile.ZipFile] = {}
-    try:
-        return [_read_header(Path(path), archives) for path in source_files]
-    finally:
-        for archive in archives.values():
-            archive.close()
-
-
-def _read_header(path: Path, archives: dict[Path, zipfile.ZipFile]):
-    import pydicom
-
     from medmm.io import read_dicom_header
 
-    if path.is_file():
-        return read_dicom_header(path)
-    for parent in path.parents:
-        if parent.is_file() and zipfile.is_zipfile(parent):
-            archive = archives.get(parent) or archives.setdefault(parent, zipfile.ZipFile(parent))
-            member = path.relative_to(parent).as_posix()
-            try:
-                with archive.open(member) as fh:
-                    return pydicom.dcmread(io.BytesIO(fh.read()), stop_before_pixels=True)
-            except (KeyError, OSError, pydicom.errors.InvalidDicomError) as err:
-                raise MedmmInputError(parent, f"cannot re-read a source DICOM member for the SR ({type(err).__name__})") from None
-    raise MedmmInputError(path.name, "source DICOM file is gone; cannot write the SR")
+    if not source_files:
+        raise MedmmInputError(None, "--dicom-sr needs a DICOM input (this scan was not DICOM)")
+    return [read_dicom_header(path) for path in source_files]
 
 
 def build_sr(result: Any, evidence: list[Any], keep_phi: bool = False):
@@ -131,7 +137,7 @@ def build_sr(result: Any, evidence: list[Any], keep_phi: bool = False):
     from medmm import __version__
 
     if not keep_phi:
-        evidence = [_deidentify(ds) for ds in evidence]
+        evidence = [_deidentify(_pseudonymise_uids(ds)) for ds in evidence]
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

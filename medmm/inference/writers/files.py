@@ -43,6 +43,9 @@ def check_out_dir(out_dir: str | Path, input_path: str | Path | None) -> Path:
         MedmmInputError: ``out_dir`` is inside (or equal to) the input folder.
     """
     out = Path(out_dir).resolve()
+    blocking = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise MedmmInputError(out_dir, f"cannot write outputs here: {blocking.name} is a file, not a folder")
     if input_path is None:
         return out
     src = Path(input_path).resolve()
@@ -105,6 +108,13 @@ def write_outputs(
         MedmmInputError: bad output folder; SR requested for a non-DICOM input.
     """
     out = check_out_dir(out_dir, input_path)
+    try:
+        return _write_all(result, out, html, dicom_sr, fhir, keep_phi)
+    except OSError as err:  # disk full, permissions...: one line naming the folder (atomic: no partial file)
+        raise MedmmInputError(out_dir, f"cannot write outputs ({err.strerror or type(err).__name__})") from None
+
+
+def _write_all(result: Any, out: Path, html: bool, dicom_sr: bool, fhir: bool, keep_phi: bool) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if dicom_sr:
