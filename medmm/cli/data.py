@@ -29,7 +29,7 @@ def data() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write into.")
 @click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=1), help="Number of scans.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed -> identical files).")
-@click.option("--size", default=64, show_default=True, type=click.IntRange(min=16), help="Volume edge in voxels.")
+@click.option("--size", default=64, show_default=True, type=click.IntRange(min=8), help="Volume edge in voxels.")
 @click.option("--format", "fmt", default="nifti", show_default=True, type=click.Choice(["nifti", "dicom", "both"]))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
 def synth(out_dir: str, n: int, seed: int, size: int, fmt: str, workers: int) -> None:

@@ -103,7 +103,7 @@ def read_manifest(
 
     Args:
         path: ``.csv`` or ``.jsonl`` file.
-        labels: finding names expected as columns (exact spelling).
+        labels: finding names expected as columns (exact spelling); empty to read no labels.
         labeler: callable report text -> {label: 1/0}; used only when the manifest has no label
             columns (e.g. `medmm.knowledge.ReportLabeler`), as for CT-RATE, whose labels come
             from its reports.
@@ -127,7 +127,7 @@ def read_manifest(
     if label_cols and len(label_cols) != len(labels):
         absent = [name for name in labels if name not in columns]
         raise MedmmInputError(path, f"missing label column(s): {', '.join(absent)}")
-    if not label_cols and labeler is None:
+    if labels and not label_cols and labeler is None:
         raise MedmmInputError(path, "no label columns and no labeler given to derive labels from reports")
     if "patient_id" not in columns:
         log.warning("%s: no patient_id column; each case is treated as its own patient", path)
@@ -166,6 +166,8 @@ def read_manifest(
                         path, f"{where} ({case_id}): label {name!r} has value {row.get(name)!r}; expected 1, 0 or -1/empty"
                     )
                 values[name] = value
+        elif not labels:  # caller wants no labels (e.g. batch inference)
+            values = {}
         else:
             if report is None:
                 raise MedmmInputError(path, f"{where} ({case_id}): no label columns and no report to derive labels from")

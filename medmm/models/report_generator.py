@@ -151,6 +151,8 @@ class ReportGenerator(nn.Module):
         """
         if len(reports) != tokens.shape[0]:
             raise ValueError(f"{len(reports)} reports for {tokens.shape[0]} images")
+        if not reports:
+            raise ValueError("report loss needs at least one report (the batch is empty)")
         ids, mask = self._report_ids(reports, tokens.device)
         labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
         labels[:, 0] = IGNORE_INDEX  # bos is given, never predicted

@@ -67,6 +67,15 @@ def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
         dist.broadcast(tensor.data, src=0)
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank, as DDP's
+    ``broadcast_buffers=True`` does, so all ranks hold identical models."""
+    if not info.enabled:
+        return
+    for tensor in module.buffers():
+        dist.broadcast(tensor.data, src=0)
+
+
 def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
     """All-reduce and average the gradients of ``params`` (missing grads count as zero)."""
     if not info.enabled:

@@ -241,7 +241,10 @@ class Trainer:
                 _seed_all(cfg.seed + 1_000_003 * (epoch + 1) + self.dist.rank)
                 reseed(self.train_set, cfg.seed + 7919 * epoch + self.dist.rank)
                 t0 = time.perf_counter()
-                if t.text.use_generated_report and (epoch % t.text.refresh_every == 0 or not self.report_cache):
+                # epoch 0 trains with empty reports: an untrained generator writes noise, and
+                # generating it would cost more than the epoch itself on a CPU
+                refresh_due = epoch > 0 and (epoch % t.text.refresh_every == 0 or not self.report_cache)
+                if t.text.use_generated_report and refresh_due:
                     self.report_cache = self._generate_train_reports()
                     self.text_embeddings = {}
                 if self._text_frozen and not self.text_embeddings:
@@ -446,6 +449,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        distributed.broadcast_buffers(self.model, self.dist)
         self.global_step += 1
 
     # ------------------------------------------------------------------------------ outputs

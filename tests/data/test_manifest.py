@@ -101,3 +101,10 @@ def test_jsonl_bad_line(tmp_path):
     path.write_text(json.dumps({"case_id": "c1"}) + "\n{not json\n")
     with pytest.raises(MedmmInputError, match="line 2: invalid JSON"):
         read_manifest(path)
+
+
+def test_no_labels_requested(tmp_path):
+    (tmp_path / "a.nii").write_bytes(b"x")
+    (tmp_path / "m.csv").write_text("case_id,image\nc1,a.nii\n")
+    (case,) = read_manifest(tmp_path / "m.csv", labels=())
+    assert case.labels == {} and case.patient_id == "c1"

@@ -172,8 +172,8 @@ def synthesize(
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if int(n) < 1 or int(size) < 16:
-        raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
+    if int(n) < 1 or int(size) < 8:
+        raise ValueError(f"need n >= 1 and size >= 8, got n={n}, size={size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(str(out), int(seed), p, s, k, int(size), fmt) for p, s, k in _plan(int(n), int(seed))]
