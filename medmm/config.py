@@ -13,6 +13,7 @@ unknown keys, so a typo is reported with the file, the dotted key path and a "di
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -27,6 +28,9 @@ from medmm.labels import CT_RATE_FINDINGS
 from medmm.models.config import ModelConfig
 
 __all__ = ["WorkflowConfig", "load_workflow", "parse_overrides", "apply_overrides", "format_validation_error"]
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 class _Strict(BaseModel):
@@ -229,9 +233,12 @@ def parse_overrides(overrides: list[str] | None, where: str = "--set") -> dict[s
         if not sep or not key or any(not part for part in key.split(".")):
             raise MedmmConfigError(where, f"override {item!r} must look like section.key=value")
         try:
-            parsed[key] = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise MedmmConfigError(where, f"{key}: value {raw!r} is not a YAML scalar/list ({_first_line(err)})") from None
+        if isinstance(value, str) and _FLOAT.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+        parsed[key] = value
     return parsed
 
 

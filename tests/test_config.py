@@ -40,7 +40,7 @@ def test_shipped_workflows_validate(name):
         ("- a\n- b\n", None, "must be a mapping"),
         (MINIMAL, ["training.epochs=abc"], "training.epochs"),
         (MINIMAL, ["training.epochs"], "must look like section.key=value"),
-        (MINIMAL, ["name.sub=1"], "is a value, not a section"),
+        (MINIMAL, ["preprocessing.roi_size.x=1"], "is a value, not a section"),
         (MINIMAL, ["training.label_fraction=0"], "training.label_fraction"),
     ],
 )

@@ -19,10 +19,33 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from monai.transforms import MapTransform
 
-from medmm.data.transforms import PreprocessingConfig, augmentation_transforms, deterministic_transforms
+from medmm.data.transforms import (
+    PreprocessingConfig,
+    augmentation_transforms,
+    deterministic_transforms,
+    volume_to_metatensor,
+)
 
 SPLIT_NAMES = ("train", "val", "test")
+
+
+class LoadVolumed(MapTransform):
+    """Load ``data[key]`` (a path) with `medmm.io.load_volume` into a RAS-affine MetaTensor.
+
+    MONAI's ``LoadImaged`` is not used because `medmm.io` owns DICOM/NIfTI/zip reading (series
+    selection, geometry checks, de-identification); this adapter hands its `Volume` to MONAI.
+    It is a MONAI ``MapTransform`` so ``CacheDataset`` caches through it.
+    """
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        from medmm.io import load_volume
+
+        out = dict(data)
+        for key in self.key_iterator(out):
+            out[key] = volume_to_metatensor(load_volume(out[key]))
+        return out
 
 
 def load_cases(data: Any) -> list[Any]:
@@ -132,7 +155,7 @@ def build_dataset(
     from monai.transforms import Compose
 
     items = case_items(cases, labels)
-    base_transform = Compose(deterministic_transforms(cfg, fit_roi=True))
+    base_transform = Compose([LoadVolumed("image"), *deterministic_transforms(cfg, fit_roi=True)])
     if cache == "memory":
         # copy_cache=False is safe: nothing after the cache modifies tensors in place.
         base = CacheDataset(items, transform=base_transform, num_workers=max(1, num_workers), progress=progress,

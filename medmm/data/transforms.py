@@ -142,26 +142,17 @@ class _Above:
         return x > self.threshold
 
 
-class LoadVolumed:
-    """Load ``data[key]`` (a path) with `medmm.io.load_volume` into a RAS-affine MetaTensor.
+class _ToMetaTensord:
+    """Turn a `Volume` under ``key`` into a MetaTensor (MetaTensors pass through)."""
 
-    MONAI's ``LoadImaged`` is not used because `medmm.io` owns DICOM/NIfTI/zip reading (series
-    selection, geometry checks, de-identification); this adapter hands its `Volume` to MONAI.
-    """
-
-    def __init__(self, keys: str | list[str] = "image"):
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
+    def __init__(self, key: str):
+        self.key = key
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        out = dict(data)
-        for key in self.keys:
-            volume = out[key]
-            if not (hasattr(volume, "affine") and hasattr(volume, "array")):
-                from medmm.io import load_volume
-
-                volume = load_volume(volume)
-            out[key] = volume_to_metatensor(volume)
-        return out
+        value = data[self.key]
+        if hasattr(value, "array") and hasattr(value, "affine"):
+            data = {**data, self.key: volume_to_metatensor(value)}
+        return data
 
 
 def volume_to_metatensor(volume: Volume) -> torch.Tensor:
@@ -173,14 +164,15 @@ def volume_to_metatensor(volume: Volume) -> torch.Tensor:
                       meta={"space": "RAS"})
 
 
-def deterministic_transforms(cfg: PreprocessingConfig, fit_roi: bool, load: bool = True,
-                             keys: str = "image") -> list:
-    """The deterministic part of the pipeline (cacheable): load, orient, resample, window, crop, fit.
+def deterministic_transforms(cfg: PreprocessingConfig, fit_roi: bool, keys: str = "image") -> list:
+    """The deterministic part of the pipeline (cacheable): orient, resample, window, crop, fit.
+
+    Items must already hold a MetaTensor with its affine (`volume_to_metatensor`, or
+    `medmm.data.dataset.LoadVolumed` for paths).
 
     Args:
         cfg: preprocessing settings.
         fit_roi: bring images to ``cfg.roi_size`` (training batches need one size).
-        load: start with `LoadVolumed` (data items hold paths) instead of ready MetaTensors.
         keys: the image key.
     """
     from monai.transforms import (
@@ -193,8 +185,7 @@ def deterministic_transforms(cfg: PreprocessingConfig, fit_roi: bool, load: bool
         Spacingd,
     )
 
-    steps: list = [LoadVolumed(keys)] if load else []
-    steps.append(Orientationd(keys=keys, axcodes=cfg.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+    steps: list = [Orientationd(keys=keys, axcodes=cfg.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if cfg.spacing is not None:
         steps.append(Spacingd(keys=keys, pixdim=cfg.spacing, mode=cfg.interpolation, dtype=np.float32))
     (a_min, a_max), (b_min, b_max) = cfg.hu_window, cfg.intensity_range
@@ -231,7 +222,7 @@ def augmentation_transforms(cfg: PreprocessingConfig, keys: str = "image") -> li
 
 
 def build_transforms(cfg: PreprocessingConfig, train: bool, seed: int = 0, keys: str = "image") -> Compose:
-    """Full pipeline for dataset items ``{"image": path, ...}``.
+    """Full pipeline for dataset items ``{"image": Volume | MetaTensor, ...}`` (no file loading).
 
     Args:
         cfg: preprocessing settings.
@@ -244,7 +235,7 @@ def build_transforms(cfg: PreprocessingConfig, train: bool, seed: int = 0, keys:
     """
     from monai.transforms import Compose
 
-    steps = deterministic_transforms(cfg, fit_roi=True, keys=keys)
+    steps = [_ToMetaTensord(keys)] + deterministic_transforms(cfg, fit_roi=True, keys=keys)
     if train and cfg.augmentation.enabled:
         steps += augmentation_transforms(cfg, keys=keys)
     compose = Compose(steps)
@@ -269,6 +260,6 @@ def preprocess_volume(volume: Volume, cfg: PreprocessingConfig) -> torch.Tensor:
     from monai.transforms import Compose
 
     cfg = cfg if isinstance(cfg, PreprocessingConfig) else PreprocessingConfig.model_validate(cfg)
-    pipeline = Compose(deterministic_transforms(cfg, fit_roi=cfg.fit_at_inference, load=False))
+    pipeline = Compose(deterministic_transforms(cfg, fit_roi=cfg.fit_at_inference))
     out = pipeline({"image": volume_to_metatensor(volume)})["image"]
     return torch.as_tensor(out, dtype=torch.float32).contiguous()

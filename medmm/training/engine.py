@@ -292,10 +292,16 @@ class Trainer:
         return Run(self.run_dir, cfg, history, best, stopped, self.model)
 
     def _restore(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        from medmm.models import load_checkpoint
+        from safetensors.torch import load_file
 
-        loaded, _ = load_checkpoint(self.run_dir, "last", map_location=self.device)
-        self.model.load_state_dict(loaded.state_dict())
+        # The model was just rebuilt from the same workflow, so only the saved tensors are needed;
+        # keys absent from the file are the frozen pretrained text encoder (re-read from its
+        # package) and tied weights (stored once by save_checkpoint).
+        weights = load_file(str(self.run_dir / "last.safetensors"), device=str(self.device))
+        result = self.model.load_state_dict(weights, strict=False)
+        if result.unexpected_keys:
+            raise MedmmConfigError(self.run_dir, f"last.safetensors does not fit this workflow's network "
+                                                 f"(unexpected {result.unexpected_keys[:3]})")
         progress = rundir.load_state(self.run_dir, self.optimizer, self.scheduler, self.scaler)
         history = rundir.read_jsonl(self.run_dir / rundir.METRICS_FILE)[: progress["epoch"]]
         if self.writes:

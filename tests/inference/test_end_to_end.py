@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import zipfile
 
@@ -108,7 +109,8 @@ def test_explain_real_model(predictor, trained):
 
 
 @pytest.mark.parametrize("kind", ["dicom", "zip"])
-def test_cli_dicom_sr_fhir_no_phi(kind, trained, tmp_path, capfd):
+def test_cli_dicom_sr_fhir_no_phi(kind, trained, tmp_path, capfd, caplog):
+    caplog.set_level(logging.DEBUG)
     out = tmp_path / "out"
     args = ["infer", str(trained[kind]), "--model", str(trained["run"]), "--out", str(out), "--dicom-sr", "--fhir",
             "--indication", "shortness of breath", "--device", "cpu"]
@@ -116,7 +118,7 @@ def test_cli_dicom_sr_fhir_no_phi(kind, trained, tmp_path, capfd):
     stdout, stderr = capfd.readouterr()
     assert {p.name for p in out.iterdir()} == {"result.json", "report.html", "report_sr.dcm", "fhir.json"}
     assert "Report:" in stdout and "Interlobular septal thickening" in stdout
-    assert_no_phi([*out.iterdir(), stdout, stderr])
+    assert_no_phi([*out.iterdir(), stdout, stderr, caplog.text])
 
 
 def test_cli_nifti_default_out(trained, tmp_path, capfd, monkeypatch):

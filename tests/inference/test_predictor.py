@@ -100,3 +100,17 @@ def test_explain_keeps_model_in_eval_mode(tiny_predictor, scans):
     result = tiny_predictor.predict(scans["nifti"])
     result.explain("Emphysema")
     assert not tiny_predictor.model.training
+
+
+@pytest.mark.gpu
+def test_cuda_windows_with_cpu_stitching_match_cpu(tmp_path):
+    from medmm.inference import Predictor
+
+    cpu = make_predictor(tmp_path, roi=(8, 8, 8))
+    gpu = Predictor(cpu.model, dict(cpu.meta), cpu.run_dir, "best", torch.device("cuda"), cpu.ontology)
+    gpu.inferer = gpu.inferer.model_copy(update={"device": "cpu"})  # stitch in host memory
+    vol = Volume(phantom((40, 40, 16)), AFFINE)
+    on_gpu = gpu.predict(vol).to_dataframe()["probability_raw"]
+    cpu_model = make_predictor(tmp_path, roi=(8, 8, 8))
+    on_cpu = cpu_model.predict(vol).to_dataframe()["probability_raw"]
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)

@@ -65,21 +65,14 @@ def test_same_seed_gives_identical_metrics(one_epoch_run, tiny_manifest, tmp_pat
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(tiny_manifest, tmp_path):
-    wf = tiny_workflow(tiny_manifest, **{"training.adversarial": {"method": "fgsm", "fraction": 0.5}})
-    straight = train(wf, run_dir=tmp_path / "straight", verbose=False, training__epochs=2)
-    train(wf, run_dir=tmp_path / "split", verbose=False, training__epochs=1)
-    resumed = train(None, run_dir=tmp_path / "split", resume=True, verbose=False, training__epochs=2)
-    assert [r["epoch"] for r in resumed.metrics] == [1, 2]
-    assert (tmp_path / "split" / "metrics.jsonl").read_text() == (straight.run_dir / "metrics.jsonl").read_text()
-    assert yaml.safe_load((tmp_path / "split" / "workflow.yaml").read_text())["training"]["epochs"] == 2
+def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tiny_manifest, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
 
-
-@pytest.mark.slow
-def test_ctrl_c_leaves_usable_last_checkpoint(tiny_manifest, tmp_path, monkeypatch):
-    from medmm.models import load_checkpoint
     from medmm.training.engine import Trainer
 
+    wf = tiny_workflow(tiny_manifest, **{"training.epochs": 3,
+                                         "training.adversarial": {"method": "pgd", "fraction": 0.5}})
+    straight = train(wf, run_dir=tmp_path / "straight", verbose=False)
     original = Trainer._train_epoch
 
     def interrupt_in_second_epoch(self, epoch):
@@ -89,15 +82,24 @@ def test_ctrl_c_leaves_usable_last_checkpoint(tiny_manifest, tmp_path, monkeypat
 
     monkeypatch.setattr(Trainer, "_train_epoch", interrupt_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_workflow(tiny_manifest), run_dir=tmp_path / "r", verbose=False, training__epochs=3)
+        train(wf, run_dir=tmp_path / "r", verbose=False)
     state = json.loads((tmp_path / "r" / "state.json").read_text())
     assert state["interrupted"] is True and state["epoch"] == 1
-    model, _ = load_checkpoint(tmp_path / "r", "last")
-    assert model is not None
+    assert load_file(str(tmp_path / "r" / "last.safetensors"))  # a complete safetensors checkpoint
     monkeypatch.setattr(Trainer, "_train_epoch", original)
-    run = train(None, run_dir=tmp_path / "r", resume=True, verbose=False)
-    assert [r["epoch"] for r in run.metrics] == [1, 2, 3]
-    assert len(read_jsonl(tmp_path / "r" / "metrics.jsonl")) == 3
+    resumed = train(None, run_dir=tmp_path / "r", resume=True, verbose=False)
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == (straight.run_dir / "metrics.jsonl").read_text()
+    assert any(r["train_adv_fraction"] > 0 for r in straight.metrics)  # adversarial batches took part
+
+
+@pytest.mark.slow
+def test_resume_extends_a_finished_run(tiny_manifest, tmp_path):
+    train(tiny_workflow(tiny_manifest), run_dir=tmp_path / "r", verbose=False)
+    run = train(None, run_dir=tmp_path / "r", resume=True, verbose=False, training__epochs=2)
+    assert [r["epoch"] for r in run.metrics] == [1, 2]
+    assert len(read_jsonl(tmp_path / "r" / "metrics.jsonl")) == 2
+    assert yaml.safe_load((tmp_path / "r" / "workflow.yaml").read_text())["training"]["epochs"] == 2
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from medmm.errors import MedmmInputError
+from medmm.io.writers import atomic_write_bytes
 
 _SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm")
 
@@ -57,25 +56,8 @@ def check_out_dir(out_dir: str | Path, input_path: str | Path | None) -> Path:
     return out
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
+    """UTF-8 text through :func:`medmm.io.writers.atomic_write_bytes` (temp file + ``os.replace``)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
