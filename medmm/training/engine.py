@@ -460,33 +460,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ outputs
     def _meta(self, progress: Mapping[str, Any]) -> dict[str, Any]:
-        cfg, best = self.cfg, progress.get("best") or {}
-        return {
-            "format": RUN_FORMAT,
-            "name": cfg.name,
-            "run_id": self.run_dir.name,
-            "labels": self.labels,
-            "eval_labels": self.eval_labels,
-            "thresholds": best.get("thresholds") or {label: 0.5 for label in self.labels},
-            "threshold_rule": cfg.training.threshold_rule,
-            "preprocessing": cfg.preprocessing.model_dump(mode="json"),
-            "inferer": cfg.inferer.model_dump(mode="json"),
-            "text": {"use_generated_report": cfg.training.text.use_generated_report,
-                     "use_indication": cfg.training.text.use_indication},
-            "ontology": {"path": str(self.ontology.path), "sha256": self.ontology.sha256},
-            "ontology_sha256": self.ontology.sha256,
-            "workflow": cfg.to_yaml_dict(),
-            "data": {
-                "source": cfg.data.source,
-                "n_cases": {name: len(cases) for name, cases in self.splits.items()},
-                "patient_id_hash": "sha256('medmm-patient:' + patient_id); see medmm.training.hash_patient_id",
-                "patient_id_sha256": {name: sorted({rundir.hash_patient_id(c.patient_id) for c in cases})
-                                      for name, cases in self.splits.items()},
-            },
-            "best_epoch": best.get("epoch"),
-            "last_epoch": progress.get("epoch"),
-            "metrics": best.get("metrics", {}),
-        }
+        return rundir.run_meta(self.cfg, self.run_dir, self.labels, self.eval_labels, self.ontology, self.splits,
+                               progress, RUN_FORMAT)
 
     def _save_checkpoints(self, progress: Mapping[str, Any], improved: bool) -> None:
         from medmm.models import save_checkpoint
@@ -532,13 +507,5 @@ class Trainer:
     def _print_row(self, record: Mapping[str, Any], timing: Mapping[str, float]) -> None:
         if not self._header_printed:
             self._header_printed = True
-            self._echo(f"{'epoch':>5} {'loss':>8} {'bce':>7} {'kr':>7} {'lm':>7} {'val_auc':>8} "
-                       f"{'auc_all':>8} {'lr':>9} {'data%':>6} {'time_s':>7}  best")
-
-        def f(v: Any, w: int, p: int = 3) -> str:
-            return f"{v:>{w}.{p}f}" if isinstance(v, float) else f"{'–':>{w}}"
-
-        self._echo(f"{record['epoch']:>5} {f(record['train_loss'], 8)} {f(record['train_bce'], 7)} "
-                   f"{f(record['train_kr'], 7)} {f(record['train_lm'], 7)} {f(record['val_macro_auroc'], 8)} "
-                   f"{f(record['val_macro_auroc_all'], 8)} {record['lr']:>9.2e} "
-                   f"{100 * timing['data_fraction']:>6.1f} {timing['epoch_s']:>7.1f}  {'*' if record['best'] else ''}")
+            self._echo(rundir.EPOCH_HEADER)
+        self._echo(rundir.epoch_row(record, timing))

@@ -198,6 +198,54 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# --------------------------------------------------------------------------- metadata, table
+def run_meta(cfg: Any, run_dir: Path, labels: list[str], eval_labels: list[str], ontology: Any,
+             splits: Mapping[str, list[Any]], progress: Mapping[str, Any], run_format: str) -> dict[str, Any]:
+    """The run's ``medmm.json`` content (merged by ``save_checkpoint`` with model/versions)."""
+    best = progress.get("best") or {}
+    return {
+        "format": run_format,
+        "name": cfg.name,
+        "run_id": Path(run_dir).name,
+        "labels": labels,
+        "eval_labels": eval_labels,
+        "thresholds": best.get("thresholds") or {label: 0.5 for label in labels},
+        "threshold_rule": cfg.training.threshold_rule,
+        "preprocessing": cfg.preprocessing.model_dump(mode="json"),
+        "inferer": cfg.inferer.model_dump(mode="json"),
+        "text": {"use_generated_report": cfg.training.text.use_generated_report,
+                 "use_indication": cfg.training.text.use_indication},
+        "ontology": {"path": str(ontology.path), "sha256": ontology.sha256},
+        "ontology_sha256": ontology.sha256,
+        "workflow": cfg.to_yaml_dict(),
+        "data": {
+            "source": cfg.data.source,
+            "n_cases": {name: len(cases) for name, cases in splits.items()},
+            "patient_id_hash": "sha256('medmm-patient:' + patient_id); see medmm.training.hash_patient_id",
+            "patient_id_sha256": {name: sorted({hash_patient_id(c.patient_id) for c in cases})
+                                  for name, cases in splits.items()},
+        },
+        "best_epoch": best.get("epoch"),
+        "last_epoch": progress.get("epoch"),
+        "metrics": best.get("metrics", {}),
+    }
+
+
+EPOCH_HEADER = (f"{'epoch':>5} {'loss':>8} {'bce':>7} {'kr':>7} {'lm':>7} {'val_auc':>8} "
+                f"{'auc_all':>8} {'lr':>9} {'data%':>6} {'time_s':>7}  best")
+
+
+def epoch_row(record: Mapping[str, Any], timing: Mapping[str, float]) -> str:
+    """One line of the per-epoch table printed during training (columns of `EPOCH_HEADER`)."""
+    def f(v: Any, w: int) -> str:
+        return f"{v:>{w}.3f}" if isinstance(v, float) else f"{'–':>{w}}"
+
+    return (f"{record['epoch']:>5} {f(record['train_loss'], 8)} {f(record['train_bce'], 7)} "
+            f"{f(record['train_kr'], 7)} {f(record['train_lm'], 7)} {f(record['val_macro_auroc'], 8)} "
+            f"{f(record['val_macro_auroc_all'], 8)} {record['lr']:>9.2e} "
+            f"{100 * timing['data_fraction']:>6.1f} {timing['epoch_s']:>7.1f}  {'*' if record['best'] else ''}")
+
+
 # -------------------------------------------------------------------------------- model card
 def model_card(name: str, meta: Mapping[str, Any], history: list[Mapping[str, Any]]) -> str:
     """Markdown summary of a run: data, protocol and validation metrics of the best epoch."""

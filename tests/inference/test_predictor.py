@@ -114,3 +114,11 @@ def test_cuda_windows_with_cpu_stitching_match_cpu(tmp_path):
     cpu_model = make_predictor(tmp_path, roi=(8, 8, 8))
     on_cpu = cpu_model.predict(vol).to_dataframe()["probability_raw"]
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
+
+
+def test_predict_leaves_callers_volume_untouched(tiny_predictor):
+    vol = Volume(phantom((16, 16, 8)), np.diag([2.0, 2.0, 2.0, 1.0]))
+    before = vol.array.copy()
+    first = tiny_predictor.predict(vol).to_dataframe()
+    np.testing.assert_array_equal(vol.array, before)
+    np.testing.assert_allclose(tiny_predictor.predict(vol).to_dataframe()["probability"], first["probability"])
