@@ -163,8 +163,13 @@ def _open_safetensors(path: Path) -> tuple[dict[str, str], list[str]]:
     from safetensors import safe_open
 
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head.startswith(_PICKLE_MAGIC):
+        head = fh.read(9)
+    # A safetensors file starts with an 8-byte little-endian header length followed by a JSON
+    # object, so its first byte may legitimately be 0x80; only call it a pickle when it is not
+    # laid out like safetensors.
+    header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    looks_like_safetensors = head[8:9] == b"{" and 0 < header_len <= path.stat().st_size - 8
+    if not looks_like_safetensors and head.startswith(_PICKLE_MAGIC):
         raise MedmmInputError(
             path,
             "is a pickle/torch.save file; medmm never unpickles checkpoints (unpickling can run code). "

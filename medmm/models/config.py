@@ -41,6 +41,9 @@ class ImageEncoderConfig(_Strict):
     token_grid: tuple[int, int, int] = (2, 2, 2)
     stem_stride: int = Field(2, ge=1, le=4)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # "avgmax" concatenates global max pooling to the average: small, bright findings (calcified
+    # plaques, devices, nodules) occupy a few cells of the feature map and vanish in an average.
+    global_pool: Literal["avg", "avgmax"] = "avg"
 
     @field_validator("token_grid", mode="before")
     @classmethod

@@ -114,7 +114,8 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone, self._features, self.channels = build_backbone(cfg)
-        self.pool_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(self.channels, cfg.embed_dim))
+        pooled_channels = self.channels * (2 if cfg.global_pool == "avgmax" else 1)
+        self.pool_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(pooled_channels, cfg.embed_dim))
         self.token_proj = nn.Linear(self.channels, cfg.embed_dim)
         # learned position of each token in the grid, so the report generator knows "left/upper"
         self.token_pos = nn.Parameter(torch.zeros(cfg.n_tokens, cfg.embed_dim))
@@ -133,11 +134,14 @@ class ImageEncoder(nn.Module):
     def embed(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool a feature map into ``(pooled [B, D], tokens [B, N, D])``.
 
-        ``pooled`` is global average pooling + a linear projection; ``tokens`` adaptively average
+        ``pooled`` is global average (optionally + max) pooling + a linear projection; ``tokens`` adaptively average
         pools the map onto ``token_grid`` (any map size works, e.g. a stitched one) and projects
         each cell, adding a learned position embedding.
         """
-        pooled = self.pool_proj(fmap.mean(dim=(2, 3, 4)))
+        pooled = fmap.mean(dim=(2, 3, 4))
+        if self.cfg.global_pool == "avgmax":
+            pooled = torch.cat([pooled, fmap.amax(dim=(2, 3, 4))], dim=1)
+        pooled = self.pool_proj(pooled)
         grid = F.adaptive_avg_pool3d(fmap, self.cfg.token_grid).flatten(2).transpose(1, 2)  # [B, N, C]
         tokens = self.token_proj(grid) + self.token_pos
         return pooled, tokens

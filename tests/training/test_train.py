@@ -48,9 +48,6 @@ def test_one_epoch_run_writes_a_complete_run_dir(one_epoch_run, tiny_manifest):
     assert f"macro AUROC (evaluated findings): {run.best['val_macro_auroc']:.3f}" in card
 
 
-@pytest.mark.xfail(raises=MedmmInputError, strict=False,
-                   reason="medmm.models.load_checkpoint misreads safetensors files whose header length starts "
-                          "with byte 0x80 as pickle (reported to models; passes once fixed)")
 def test_checkpoint_loads_and_predicts(one_epoch_run):
     from medmm.models import load_checkpoint
 
