@@ -76,11 +76,11 @@ def test_sigkill_mid_training_then_resume_loses_at_most_one_epoch(tmp_path):
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("faults") / "run")
+    return shared_run(tmp_path_factory)
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):
-    return write_phi_series(tmp_path_factory.mktemp("faults_scan") / "dicom")[0]
+    return shared_phi_scan(tmp_path_factory)[0]
 
 def _manifest(tmp_path: Path, scan: Path) -> Path:
     from medmm.labels import CT_RATE_FINDINGS
