@@ -58,6 +58,10 @@ def test_api_predict(predictor, tmp_path, case: CorpusCase):
     _no_phi(text + repr(result), "result")
 
 
+# corpus folders that `medmm info`/load_volume see as ambiguous but `medmm infer` treats as a batch
+INFER_BATCH_FOLDERS = {"two_series"}
+
+
 @pytest.mark.parametrize("case", CORPUS, ids=lambda c: c.name)
 def test_cli_infer(predictor, tmp_path, capsys, monkeypatch, case: CorpusCase):
     """The CLI path (argument checks, writers, error printing) with the model loaded once."""
@@ -72,6 +76,11 @@ def test_cli_infer(predictor, tmp_path, capsys, monkeypatch, case: CorpusCase):
     for text, where in [(stdout, "stdout"), (err, "stderr")] + [(p.read_bytes().decode("latin-1"), p.name) for p in files]:
         _no_phi(text, where)
     assert "Traceback" not in err
+    if case.name in INFER_BATCH_FOLDERS:
+        # a folder whose entries are series folders is a batch for `medmm infer`: one result each
+        assert code == 0, err
+        assert len([p for p in files if p.name == "result.json"]) == 2
+        return
     if code == 2:
         assert case.expect.outcome in ("error", "either"), f"{case.name} should give a result but: {err}"
         assert one_error_line(err), err
