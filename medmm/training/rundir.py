@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medmm.io.writers import atomic_write_bytes
+
 STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -44,19 +46,8 @@ CARD_FILE = "model_card.md"
 
 # ------------------------------------------------------------------------------- atomic writes
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run artefacts are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write text (UTF-8) or bytes atomically via :func:`medmm.io.writers.atomic_write_bytes`."""
+    return atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def write_jsonl(path: str | Path, records: list[Mapping[str, Any]]) -> Path:
