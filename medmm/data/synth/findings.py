@@ -27,9 +27,13 @@ UNRENDERED_FINDINGS: dict[str, str] = {}
 SCALE_CAVEATS: dict[str, str] = {
     "Interlobular septal thickening": "septa are ~1-2 mm; drawn as ~4 mm reticular lines so they survive 5 mm voxels",
     "Peribronchial thickening": "bronchial walls drawn 3-4 mm thicker than normal so the cuffs span a voxel",
-    "Bronchiectasis": "only segmental/subsegmental airways are dilated (2-3x), visible as dark tubes/rings",
-    "Coronary artery wall calcification": "plaques drawn >= half a voxel in radius; no coronary lumen is drawn",
-    "Mosaic attenuation pattern": "geographic +/-80 HU lobular patches; no expiratory scan to show air trapping",
+    "Bronchiectasis": "only segmental/subsegmental airways are dilated (3-4x), visible as dark tubes/rings",
+    "Coronary artery wall calcification": "plaques drawn >= 1.5 voxels across; no coronary lumen is drawn",
+    "Arterial wall calcification": "plaques drawn >= 1.5 voxels across so they are not lost between voxels",
+    "Mosaic attenuation pattern": "geographic +/-100-140 HU lobular patches; no expiratory scan to show air trapping",
+    "Lung nodule": "drawn >= 2 voxels across (13 mm at 64^3): a 1-voxel nodule is a vessel cross-section",
+    "Emphysema": "destroyed-lung holes drawn >= 1 voxel in radius and at -1000 HU",
+    "Pulmonary fibrotic sequela": "fibrotic bands drawn >= ~1 voxel thick",
 }
 
 
@@ -44,7 +48,7 @@ def _sample_pericardial(rng, patient) -> dict:
 
 
 def _sample_bronchiectasis(rng, patient) -> dict:
-    return dict(lobes=lf._lobes(rng, 3, lf.LOWER_WEIGHTED), dilation=float(rng.uniform(2.4, 3.2)),
+    return dict(lobes=lf._lobes(rng, 3, lf.LOWER_WEIGHTED), dilation=float(rng.uniform(3.0, 4.0)),
                 kind=str(rng.choice(["cylindrical", "cylindrical", "varicose"])))
 
 

@@ -28,7 +28,7 @@ from medmm.data.synth.phantom import Phantom, render_phantom, sample_scan
 from medmm.data.synth.reports import write_indication, write_report
 from medmm.labels import CT_RATE_FINDINGS
 
-GENERATOR_VERSION = 1  # bump when the output for a given seed changes
+GENERATOR_VERSION = 2  # bump when the output for a given seed changes
 FORMATS = ("nifti", "dicom", "both")
 FOLLOW_UP_FRACTION = 0.25
 MARKER = ".medmm_synth_complete.json"

@@ -44,9 +44,10 @@ def draw_nodule(canvas: Canvas, spec: dict, rng) -> None:
         r = nod["size_mm"] / 2
         centre = canvas.lobe_point(nod["lobe"], np.asarray(nod["jitter"]) * 0.6)
         centre = canvas.nearest_lung(centre, min_depth=min(r, 8.0))
-        sl, f = sphere(canvas.grid, centre, max(r, 0.6 * canvas.grid.voxel))
+        # >= ~2 voxels across: a 1-voxel nodule is indistinguishable from a vessel cross-section
+        sl, f = sphere(canvas.grid, centre, max(r, 1.0 * canvas.grid.voxel))
         if sl is not None:
-            paint(canvas.hu, sl, f, 45.0 + (25.0 if canvas.contrast else 0.0))
+            paint(canvas.hu, sl, np.minimum(1.3 * f, 1.0), 45.0 + (25.0 if canvas.contrast else 0.0))
             canvas.record("Lung nodule", sl, f)
 
 
@@ -59,7 +60,7 @@ def sample_emphysema(rng, patient) -> dict:
 
 def draw_emphysema(canvas: Canvas, spec: dict, rng) -> None:
     rng = np.random.default_rng(spec["seed"])
-    count = {"mild": 30, "moderate": 55, "severe": 90}[spec["severity"]]
+    count = {"mild": 45, "moderate": 75, "severe": 110}[spec["severity"]]
     pts = canvas.lung_points
     depth = canvas.lung_points_depth
     w_rel = pts[:, 2] / canvas.lm.lung_height
@@ -71,19 +72,19 @@ def draw_emphysema(canvas: Canvas, spec: dict, rng) -> None:
         weight = np.clip(1.2 - w_rel, 0.1, 1.2) ** 2
     weight = weight / weight.sum()
     centres = pts[rng.choice(len(pts), size=count, p=weight)]
-    radii = rng.uniform(5.0, 12.0, count) * (1.3 if spec["kind"] == "panlobular" else 1.0)
+    radii = np.maximum(rng.uniform(5.0, 12.0, count), 1.0 * canvas.grid.voxel) * (1.3 if spec["kind"] == "panlobular" else 1.0)
     for c, r in zip(centres, radii):
         sl, f = sphere(canvas.grid, c, r)
         if sl is None:
             continue
-        f = f * canvas.is_parenchyma(sl) * 0.95
-        paint(canvas.hu, sl, f, -990.0)
+        f = np.minimum(1.4 * f, 1.0) * canvas.is_parenchyma(sl)
+        paint(canvas.hu, sl, f, -1000.0)
         canvas.record("Emphysema", sl, f)
 
 
 # ---------------------------------------------------------------- mosaic attenuation
 def sample_mosaic(rng, patient) -> dict:
-    return dict(amplitude=float(rng.uniform(70, 100)), seed=int(rng.integers(2**31)),
+    return dict(amplitude=float(rng.uniform(100, 140)), seed=int(rng.integers(2**31)),
                 distribution=str(rng.choice(["bilateral", "diffuse"])))
 
 
@@ -245,7 +246,7 @@ def draw_pleural_effusion(canvas: Canvas, spec: dict, rng) -> None:
 # ---------------------------------------------------------------- fibrotic sequela
 def sample_fibrosis(rng, patient) -> dict:
     lobes = _lobes(rng, 2, UPPER_WEIGHTED)
-    return dict(lobes=lobes, bands=int(rng.integers(3, 7)), seed=int(rng.integers(2**31)))
+    return dict(lobes=lobes, bands=int(rng.integers(5, 9)), seed=int(rng.integers(2**31)))
 
 
 def draw_fibrosis(canvas: Canvas, spec: dict, rng) -> None:
@@ -267,11 +268,12 @@ def draw_fibrosis(canvas: Canvas, spec: dict, rng) -> None:
             inward = inward / max(np.linalg.norm(inward), 1e-3) + rng.normal(0, 0.35, 3)
             inward /= np.linalg.norm(inward)
             end = start + inward * rng.uniform(22, 45)
-            sl, f = segment(canvas.grid, start, end, rng.uniform(2.5, 3.5), 1.8)
+            thick = max(rng.uniform(2.5, 3.5), 0.55 * canvas.grid.voxel)  # survive the scanner blur
+            sl, f = segment(canvas.grid, start, end, thick, 1.8)
             if sl is None:
                 continue
             f = f * canvas.is_parenchyma(sl)
-            paint(canvas.hu, sl, f, 20.0)
+            paint(canvas.hu, sl, np.minimum(1.3 * f, 1.0), 30.0)
             canvas.record("Pulmonary fibrotic sequela", sl, f)
 
 

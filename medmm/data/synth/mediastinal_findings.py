@@ -23,7 +23,7 @@ NODE_STATIONS: dict[str, tuple[float, float, float]] = {
 def sample_lymphadenopathy(rng, patient) -> dict:
     k = int(rng.integers(2, 5))
     stations = sorted(rng.choice(list(NODE_STATIONS), size=k, replace=False).tolist(), key=list(NODE_STATIONS).index)
-    return dict(stations=stations, short_axis_mm=[int(rng.uniform(15, 28)) for _ in stations])
+    return dict(stations=stations, short_axis_mm=[int(rng.uniform(18, 30)) for _ in stations])
 
 
 def sample_normal_nodes(rng) -> dict:
@@ -52,7 +52,7 @@ def draw_nodes(canvas: Canvas, spec: dict, rng, name: str | None = "Lymphadenopa
 # ---------------------------------------------------------------- hiatal hernia
 def sample_hiatal_hernia(rng, patient) -> dict:
     size = float(rng.uniform(38, 65))
-    return dict(size_mm=int(size), air=bool(rng.random() < 0.8), size="small" if size < 48 else "moderate")
+    return dict(size_mm=int(size), air=bool(rng.random() < 0.9), size="small" if size < 48 else "moderate")
 
 
 def draw_hiatal_hernia(canvas: Canvas, spec: dict, rng) -> None:
@@ -60,7 +60,7 @@ def draw_hiatal_hernia(canvas: Canvas, spec: dict, rng) -> None:
     soft-tissue wall, fluid posteriorly and (often) an air cap anteriorly (supine air-fluid level)."""
     lm = canvas.lm
     r = spec["size_mm"] / 2
-    c = np.array([0.10 * lm.half_width, 0.32 * lm.half_depth, r * 0.55], np.float32)
+    c = np.array([0.10 * lm.half_width, 0.32 * lm.half_depth, r * 0.9], np.float32)
     radii = np.array([r * 1.1, r * 0.85, r], np.float32)
     sl, wall, _ = ellipsoid(canvas.grid, c, radii)
     if sl is None:
@@ -71,14 +71,14 @@ def draw_hiatal_hernia(canvas: Canvas, spec: dict, rng) -> None:
     paint(canvas.hu, sl, lumen, 18.0)
     if spec["air"]:
         v = canvas.mesh[1][:, sl[1], :]
-        air = lumen * soft((c[1] - 0.15 * r) - v, canvas.grid.voxel)
+        air = lumen * soft((c[1] + 0.1 * r) - v, canvas.grid.voxel)
         paint(canvas.hu, sl, air, -1000.0)
     canvas.record("Hiatal hernia", sl, wall)
 
 
 # ---------------------------------------------------------------- calcifications
 def _spots(canvas: Canvas, centres, radius, value, name) -> None:
-    r = max(radius, 0.5 * canvas.grid.voxel)  # keep a 2-3 mm plaque visible on 5 mm voxels
+    r = max(radius, 0.75 * canvas.grid.voxel)  # keep a 2-3 mm plaque visible on 5-7 mm voxels
     for c in centres:
         sl, f = sphere(canvas.grid, c, r)
         if sl is None:
