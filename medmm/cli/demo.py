@@ -1,8 +1,9 @@
 """``medmm demo``: synthetic data → train the demo workflow → diagnose a held-out DICOM series.
 
-Everything lands in ``--out`` (default ``demo_out/``): ``data/`` (synthetic set, NIfTI + DICOM),
-``run/`` (the trained model; reused when a finished run is already there) and
-``infer/<case>/`` (result.json, report.html, DICOM SR, FHIR).
+Everything lands in ``--out`` (default ``demo_out/``): ``data/`` (synthetic set, NIfTI),
+``run/`` (the trained model; reused when a finished run is already there), ``heldout/dicom/<case>/``
+(the held-out test case written as a DICOM series, as a scanner would) and ``infer/<case>/``
+(result.json, report.html, DICOM SR, FHIR).
 """
 
 from __future__ import annotations
@@ -44,20 +45,19 @@ def run_is_finished(run_dir: Path, epochs: int) -> bool:
     return int(meta.get("last_epoch") or 0) >= epochs or early_stopped
 
 
-def held_out_dicom(manifest: Path) -> tuple[object, Path]:
-    """First test-split case of the synthetic manifest and its DICOM folder.
+def held_out_case(manifest: Path):
+    """First test-split case of the synthetic manifest (never seen in training or model selection).
 
     Raises:
-        MedmmInputError: no test case with a DICOM series.
+        MedmmInputError: the manifest has no test case.
     """
     from medmm.data import read_manifest
     from medmm.errors import MedmmInputError
 
     for case in read_manifest(manifest):
-        folder = (getattr(case, "meta", None) or {}).get("image_dicom")
-        if case.split == "test" and folder:
-            return case, (manifest.parent / folder)
-    raise MedmmInputError(manifest, "no test-split case with a DICOM series; synthesize with fmt='both'")
+        if case.split == "test":
+            return case
+    raise MedmmInputError(manifest, "no test-split case to diagnose")
 
 
 @click.command("demo")
@@ -71,7 +71,7 @@ def demo(out: Path, device: str | None, retrain: bool, overrides: tuple[str, ...
     import time
 
     from medmm.config import load_workflow
-    from medmm.data import ensure_synthetic
+    from medmm.data import ensure_synthetic, write_case_dicom
     from medmm.inference import load_model
     from medmm.inference.writers import write_outputs
     from medmm.training import train
@@ -81,11 +81,12 @@ def demo(out: Path, device: str | None, retrain: bool, overrides: tuple[str, ...
     data_dir, run_dir = out / "data", out / "run"
     cfg = load_workflow(
         find_workflow(),
-        [*overrides, f"data.synthetic.cache_dir={data_dir}", "data.synthetic.format=both"],
+        [*overrides, f"data.synthetic.cache_dir={data_dir}", "data.synthetic.format=nifti"],
     )
     syn = cfg.data.synthetic
-    click.echo(f"[1/3] synthetic data: {syn.n} cases of {syn.size}^3 voxels (NIfTI + DICOM) in {data_dir}")
-    manifest = ensure_synthetic(data_dir, n=syn.n, seed=syn.seed, size=syn.size, fmt="both")
+    click.echo(f"[1/3] synthetic data: {syn.n} cases of {syn.size}^3 voxels in {data_dir}")
+    manifest = Path(ensure_synthetic(data_dir, n=syn.n, seed=syn.seed, size=syn.size, fmt="nifti",
+                                     workers=syn.workers))
 
     if not retrain and run_is_finished(run_dir, cfg.training.epochs):
         click.echo(f"[2/3] reusing the finished run in {run_dir}")
@@ -97,7 +98,9 @@ def demo(out: Path, device: str | None, retrain: bool, overrides: tuple[str, ...
         else:
             train(cfg, run_dir=run_dir, device=device)
 
-    case, dicom_dir = held_out_dicom(Path(manifest))
+    case = held_out_case(manifest)
+    # the scanner-style input: the case's DICOM series (with a fake patient name that must not leak)
+    dicom_dir = write_case_dicom(out / "heldout", case.case_id, n=syn.n, seed=syn.seed, size=syn.size)
     click.echo(f"[3/3] medmm infer on held-out test case {case.case_id} (DICOM series, never seen in training)")
     predictor = load_model(run_dir, device=device)
     result = predictor.predict(dicom_dir, indication=case.indication)

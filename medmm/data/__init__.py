@@ -21,6 +21,7 @@ _LAZY = {
     "synthesize": "medmm.data.synth",
     "ensure_synthetic": "medmm.data.synth",
     "render_case": "medmm.data.synth",
+    "write_case_dicom": "medmm.data.synth",
     "RENDERED_FINDINGS": "medmm.data.synth",
     "UNRENDERED_FINDINGS": "medmm.data.synth",
 }

@@ -141,3 +141,19 @@ def test_report_labeler_agrees_with_labels(ontology):
         p.append([int(got.get(k, 0) == 1) for k in CT_RATE_FINDINGS])
     macro = f1_score(np.array(y), np.array(p), average="macro", zero_division=1.0)
     assert macro > 0.9, macro
+
+
+def test_write_case_dicom_matches_full_generation(tmp_path):
+    """The demo's one held-out DICOM series is byte-identical to the 'both' generation's."""
+    import filecmp
+
+    from medmm.data import synthesize, write_case_dicom
+
+    synthesize(tmp_path / "full", 6, 0, 16, "both")
+    folder = write_case_dicom(tmp_path / "one", "P0002_1", n=6, seed=0, size=16)
+    full = sorted((tmp_path / "full" / "dicom" / "P0002_1").iterdir())
+    one = sorted(folder.iterdir())
+    assert [p.name for p in full] == [p.name for p in one] and len(one) == 16
+    assert all(filecmp.cmp(a, b, shallow=False) for a, b in zip(full, one))
+    with pytest.raises(ValueError, match="not in the synthetic set"):
+        write_case_dicom(tmp_path / "one", "P0999_1", n=6, seed=0, size=16)

@@ -137,6 +137,26 @@ def _make_case(job: tuple) -> dict:
     return row
 
 
+def write_case_dicom(out_dir: str | Path, case_id: str, n: int, seed: int = 0, size: int = 64) -> Path:
+    """Write one case of the ``(n, seed, size)`` synthetic set as a DICOM series under ``out_dir``.
+
+    Renders the case again (deterministic), so the series is byte-identical to the one
+    ``synthesize(..., fmt="dicom" | "both")`` writes, including its fake patient identity — without
+    paying for DICOM files of every case (the demo needs one held-out series).
+
+    Returns:
+        The series folder ``out_dir/dicom/<case_id>``.
+
+    Raises:
+        ValueError: ``case_id`` is not part of that set.
+    """
+    for patient_no, scan_index, n_scans in _plan(int(n), int(seed)):
+        if f"P{patient_no:04d}_{scan_index + 1}" == case_id:
+            row = _make_case((str(out_dir), int(seed), patient_no, scan_index, n_scans, int(size), "dicom"))
+            return Path(out_dir) / row["image"]
+    raise ValueError(f"case {case_id!r} is not in the synthetic set n={n}, seed={seed}")
+
+
 def prevalence(cases: list[Case], labels=CT_RATE_FINDINGS) -> dict[str, float]:
     """Fraction of cases positive per label."""
     n = max(len(cases), 1)
