@@ -31,7 +31,13 @@ def resolve_name_or_path(name_or_path: str) -> str:
 
 
 def _load(loader: Any, name_or_path: str, where: str, **kwargs: Any) -> Any:
+    from transformers.utils import logging as hf_logging
+
     resolved = resolve_name_or_path(name_or_path)
+    # a local load takes milliseconds: transformers' "Loading weights" bar is noise in medmm's own
+    # progress output (restored afterwards so a notebook's own settings are kept)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         return loader.from_pretrained(resolved, local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError) as err:
@@ -41,6 +47,9 @@ def _load(loader: Any, name_or_path: str, where: str, **kwargs: Any) -> Any:
             f"cannot load {name_or_path!r} offline ({reason}); give a local folder written by "
             f"save_pretrained, a model already in the Hugging Face cache, or {DEFAULT_TEXT_ENCODER!r}",
         ) from None
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name_or_path: str, where: str = "network.text_encoder.name_or_path") -> Any:
