@@ -25,7 +25,8 @@ def _eps_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[f
               help="Rows to evaluate; 'all' for external sets without a split column.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: ./medmm_eval/<run name>].")
-@click.option("--attack", type=click.Choice(["fgsm", "pgd"]), default=None, help="Add an adversarial robustness sweep.")
+@click.option("--attack", "attacks", type=click.Choice(["fgsm", "pgd"]), multiple=True,
+              help="Add an adversarial robustness sweep (repeat for both: --attack fgsm --attack pgd).")
 @click.option("--eps-hu", default="5,10,25,50", show_default=True, callback=_eps_list,
               help="Attack budgets in HU (L-inf), comma-separated; 0 (clean) is always included.")
 @click.option("--pgd-steps", default=10, show_default=True, type=click.IntRange(min=1), help="PGD iterations.")
@@ -33,14 +34,14 @@ def _eps_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[f
               help="Bootstrap resamples for AUROC confidence intervals.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap/attack seed.")
 @click.option("--device", default=None, help="Torch device, e.g. cpu or cuda:0.")
-def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attack: str | None,
+def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attacks: tuple[str, ...],
              eps_hu: tuple[float, ...], pgd_steps: int, n_bootstrap: int, seed: int, device: str | None) -> None:
     """Evaluate RUN_DIR on a manifest: AUROC with 95% CIs, calibration, report metrics, robustness."""
     from medmm.evaluation import evaluate as run_evaluation
     from medmm.evaluation.outputs import terminal_table
 
     out = out if out is not None else Path.cwd() / "medmm_eval" / (run_dir.resolve().name or "run")
-    metrics = run_evaluation(run_dir, manifest, split=split, out=out, attack=attack, eps_hu=eps_hu,
+    metrics = run_evaluation(run_dir, manifest, split=split, out=out, attack=list(attacks), eps_hu=eps_hu,
                              n_bootstrap=n_bootstrap, seed=seed, pgd_steps=pgd_steps, device=device)
     click.echo(terminal_table(metrics))
     click.echo(f"wrote {', '.join(metrics['files'])} to {out}")

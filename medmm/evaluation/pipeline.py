@@ -148,7 +148,7 @@ def evaluate(
     manifest: str | Path,
     split: str = "test",
     out: str | Path | None = None,
-    attack: str | None = None,
+    attack: str | Sequence[str] | None = None,
     eps_hu: Sequence[float] = DEFAULT_EPS_HU,
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -163,7 +163,7 @@ def evaluate(
         manifest: CSV/JSONL manifest (see :func:`medmm.data.read_manifest`).
         split: ``test`` (default), ``val``, ``train`` or ``all`` (every row: external sets).
         out: output folder for metrics.json, per_finding.csv, PNGs and summary.html.
-        attack: ``"fgsm"`` or ``"pgd"`` to add a robustness sweep, else None.
+        attack: ``"fgsm"``, ``"pgd"`` or a list of them to add robustness sweeps, else None.
         eps_hu: attack budgets in HU (0 is always added as the clean reference).
         n_bootstrap: bootstrap resamples for AUROC CIs (protocol: >= 1000).
         seed: bootstrap and attack seed.
@@ -182,7 +182,8 @@ def evaluate(
     from medmm.inference import load_model
     from medmm.knowledge import ReportLabeler
 
-    spec = AttackSpec(attack, tuple(float(e) for e in eps_hu), steps=pgd_steps) if attack else None
+    methods = [attack] if isinstance(attack, str) else list(attack or [])
+    specs = [AttackSpec(m, tuple(float(e) for e in eps_hu), steps=pgd_steps) for m in dict.fromkeys(methods)]
     if out is not None:
         from medmm.evaluation.outputs import check_writable
 
@@ -214,7 +215,7 @@ def evaluate(
     reports = report_metrics(pred["reports"], refs, labeler=labeler)
 
     robustness = None
-    if spec is not None:
+    if specs:
         from medmm.data.transforms import hu_to_intensity_eps
 
         texts = pred["texts"]
@@ -222,13 +223,15 @@ def evaluate(
         def logits_fn(x: torch.Tensor, idx: Sequence[int]) -> torch.Tensor:
             return predictor.forward_tensor(x, texts=[texts[i] for i in idx]).cpu()
 
-        torch.manual_seed(seed)
-        robustness = robustness_sweep(
-            logits_fn, pred["images"], y, thresholds, spec,
-            lambda e: hu_to_intensity_eps(e, predictor.preprocessing),
-            bounds=tuple(predictor.preprocessing.intensity_range) if predictor.preprocessing.clip else None,
-            seed=seed,
-        )
+        robustness = []
+        for spec in specs:
+            torch.manual_seed(seed)
+            robustness += robustness_sweep(
+                logits_fn, pred["images"], y, thresholds, spec,
+                lambda e: hu_to_intensity_eps(e, predictor.preprocessing),
+                bounds=tuple(predictor.preprocessing.intensity_range) if predictor.preprocessing.clip else None,
+                seed=seed,
+            )
         for row in robustness:
             row["model"] = predictor.model_id
 
@@ -245,7 +248,7 @@ def evaluate(
         "consistency": _consistency(pred["raw"], pred["consistent"], predictor.constraints, thresholds),
         "report_generation": reports,
         "robustness": robustness,
-        "protocol": _protocol(split, n_bootstrap, seed, n_bins, spec, reports),
+        "protocol": _protocol(split, n_bootstrap, seed, n_bins, specs, reports),
     }
     if out is not None:
         from medmm.evaluation.outputs import write_evaluation
@@ -267,7 +270,7 @@ def _figures(y, probs, labels, cls, cal, robustness) -> dict[str, bytes]:
     return figs
 
 
-def _protocol(split, n_bootstrap, seed, n_bins, spec, reports) -> dict[str, str]:
+def _protocol(split, n_bootstrap, seed, n_bins, specs, reports) -> dict[str, str]:
     proto = {
         "split": f"manifest rows with split == {split!r}" if split != "all" else "every manifest row (--split all)",
         "leakage_guard": "refused if any evaluated patient id is among the run's training patient ids (medmm.json)",
@@ -283,9 +286,10 @@ def _protocol(split, n_bootstrap, seed, n_bins, spec, reports) -> dict[str, str]
         "at the stored thresholds (per (scan, constraint) pair and per scan) and on the probabilities themselves",
         "report_generation": reports.get("protocol", ""),
     }
-    if spec is not None:
+    if specs:
+        attacks = ", ".join(f"{s.method.upper()} (steps={s.steps if s.method == 'pgd' else 1})" for s in specs)
         proto["robustness"] = (
-            f"{spec.method.upper()} (steps={spec.steps if spec.method == 'pgd' else 1}) via "
+            f"{attacks} via "
             "medmm.training.adversarial.perturb on the preprocessed image, L-inf eps in HU converted by "
             "hu_to_intensity_eps; text fixed to the clean generated report; raw probabilities at stored thresholds"
         )

@@ -56,6 +56,21 @@ def test_cli_table_and_exit_codes(toy_run, toy_world, tmp_path):
     assert "macro (" in ok.output and "ECE" in ok.output and SENTINEL not in ok.output
 
 
+def test_cli_both_attacks_in_one_evaluation(toy_run, toy_world, tmp_path):
+    out = tmp_path / "both"
+    result = CliRunner().invoke(cli, ["evaluate", str(toy_run), "--data", str(toy_world["manifest"]), "--out", str(out),
+                                      "--n-bootstrap", "20", "--attack", "fgsm", "--attack", "pgd", "--eps-hu", "25",
+                                      "--pgd-steps", "2"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "metrics.json").read_text())
+    assert sorted((r["method"], r["eps_hu"]) for r in data["robustness"]) == [
+        ("fgsm", 0.0), ("fgsm", 25.0), ("pgd", 0.0), ("pgd", 25.0)]
+    clean = {r["method"]: r["macro_auroc"] for r in data["robustness"] if r["eps_hu"] == 0}
+    assert clean["fgsm"] == clean["pgd"]  # the same clean predictions under both sweeps
+    assert "FGSM" in data["protocol"]["robustness"] and "PGD" in data["protocol"]["robustness"]
+    assert "fgsm" in result.output and "pgd" in result.output
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
