@@ -11,9 +11,13 @@ Usage::
     python benchmarks/infer_scaling.py                    # tiny model trained on the fly (~20 s)
     python benchmarks/infer_scaling.py --run demo_out/run # a trained run, e.g. from `medmm demo`
     python benchmarks/infer_scaling.py --sizes 64,64,64 512,512,300 --threads 2 --format dicom
+    python benchmarks/infer_scaling.py --workflow workflows/ct_chest.yaml --format dicom
 
 The model is trained tiny (32^3 ROI at 4 mm) when no run is given, so volumes larger than the
 ROI go through the sliding-window path; the demo run fits every scan to 64^3 instead.
+``--workflow`` measures the production shapes instead: that workflow's network (e.g. DenseNet121),
+spacing and sliding-window ROI with *untrained* weights (time and memory do not depend on the
+weights' values); labels, ontology and thresholds come from the tiny run.
 """
 
 from __future__ import annotations
@@ -98,6 +102,28 @@ def train_tiny(folder: Path) -> Path:
     return run_dir
 
 
+def untrained_run(workflow: Path, template: Path, folder: Path) -> Path:
+    """A run folder with untrained weights shaped by ``workflow`` (network, preprocessing, inferer)."""
+    import torch
+
+    from medmm.config import load_workflow
+    from medmm.models import MedMM, save_checkpoint
+
+    cfg = load_workflow(workflow)
+    run_dir = folder / f"untrained_{cfg.name}"
+    if (run_dir / "best.safetensors").exists():
+        return run_dir
+    meta = json.loads((template / "medmm.json").read_text())
+    for key in ("model", "text_encoder", "versions", "checkpoints"):
+        meta.pop(key, None)
+    meta.update(name=cfg.name, run_id=run_dir.name, workflow=cfg.to_yaml_dict(),
+                preprocessing=cfg.preprocessing.model_dump(mode="json"), inferer=cfg.inferer.model_dump(mode="json"))
+    torch.manual_seed(0)
+    model = MedMM(cfg.network, meta["labels"]).eval()
+    save_checkpoint(model, run_dir, "best", meta)
+    return run_dir
+
+
 CHILD = r"""
 import json, resource, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
@@ -127,6 +153,8 @@ def measure(run_dir: Path, scan: Path, threads: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=None, help="trained run dir (default: train a tiny one)")
+    parser.add_argument("--workflow", type=Path, default=None,
+                        help="measure this workflow's network/spacing/ROI with untrained weights")
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="X,Y,Z sizes")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--format", choices=["nifti", "dicom"], default="nifti")
@@ -135,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args.scratch.mkdir(parents=True, exist_ok=True)
     run_dir = args.run or train_tiny(args.scratch)
+    if args.workflow is not None:
+        run_dir = untrained_run(args.workflow, run_dir, args.scratch)
     print(f"model: {run_dir}  threads: {args.threads}  input spacing: {SPACING} mm  format: {args.format}")
     print(f"{'input shape':>16} {'voxels':>11} {'model grid':>14} {'sliding':>7} {'time s':>8} "
           f"{'peak RSS GiB':>12} {'s/voxel vs 64^3':>15}")

@@ -115,23 +115,27 @@ def _predict_all(predictor: Any, cases: Sequence[Any]) -> dict[str, Any]:
 def _consistency(raw: np.ndarray, consistent: np.ndarray, constraints: Any, thresholds: Sequence[float]) -> dict[str, Any]:
     """Constraint-violation rates before/after the consistency operator.
 
-    Reported at the stored per-finding thresholds (violated (scan, constraint) pairs and scans with
-    any violation) and on the probabilities themselves (``p_a <= p_b``, ``p_a + p_b <= 1``), which
-    the operator guarantees to be zero.
+    Reported on the decisions at the stored per-finding thresholds (violated (scan, constraint)
+    pairs and scans with any violation) and on the probabilities themselves (``p_a <= p_b``,
+    ``p_a + p_b <= 1``). After the operator both are zero by construction: the decisions are the
+    predictor's (`medmm.knowledge.consistent_decisions`), which stay consistent even when the
+    thresholds of a constraint's two findings differ.
     """
-    from medmm.knowledge import violation_rate
+    from medmm.knowledge import consistent_decisions, violation_rate
 
     thr = torch.as_tensor(list(thresholds), dtype=torch.float32)
 
-    def rates(p: np.ndarray) -> dict[str, float]:
-        t = torch.as_tensor(p, dtype=torch.float32)
+    def rates(p: np.ndarray, decision_scores: torch.Tensor, decision_thr: torch.Tensor | float) -> dict[str, float]:
         return {
-            "per_constraint": float(violation_rate(t, constraints, thr)),
-            "per_scan": float(violation_rate(t, constraints, thr, per="sample")),
-            "continuous": float(violation_rate(t, constraints, None)),
+            "per_constraint": float(violation_rate(decision_scores, constraints, decision_thr)),
+            "per_scan": float(violation_rate(decision_scores, constraints, decision_thr, per="sample")),
+            "continuous": float(violation_rate(torch.as_tensor(p, dtype=torch.float32), constraints, None)),
         }
 
-    before, after = rates(raw), rates(consistent)
+    raw_t = torch.as_tensor(raw, dtype=torch.float32)
+    # decisions are "score > 0.5" on the threshold-calibrated, consistent scores
+    scores = consistent_decisions(torch.as_tensor(consistent, dtype=torch.float32), constraints, thr)[1].probs
+    before, after = rates(raw, raw_t, thr), rates(consistent, scores, 0.5)
     return {
         "n_implications": int(len(constraints.implications)),
         "n_exclusions": int(len(constraints.exclusions)),
@@ -283,7 +287,8 @@ def _protocol(split, n_bootstrap, seed, n_bins, specs, reports) -> dict[str, str
         "(counted in n_skipped); macro = mean over findings with both classes",
         "calibration": f"ECE over {n_bins} equal-width bins on [0,1] (MONAI calibration_binning), pooled over known (scan, finding) pairs",
         "consistency": "violation rate of the ontology constraints (medmm.knowledge.violation_rate) before/after make_consistent: "
-        "at the stored thresholds (per (scan, constraint) pair and per scan) and on the probabilities themselves",
+        "of the decisions at the stored thresholds (per (scan, constraint) pair and per scan; after = the predictor's "
+        "consistent_decisions) and on the probabilities themselves",
         "report_generation": reports.get("protocol", ""),
     }
     if specs:

@@ -210,8 +210,11 @@ class Predictor:
         consistent = make_consistent(probs_raw, self.constraints)
         probs = consistent.probs
         repairs = list(consistent.repairs[0])
+        # per-finding thresholds differ, so thresholding consistent probabilities could still give
+        # inconsistent decisions; consistent_decisions guarantees them (docs/knowledge.md)
+        decisions = self.decide(probs)[0].tolist()
 
-        findings = self._findings(probs_raw[0].tolist(), probs[0].tolist(), repairs)
+        findings = self._findings(probs_raw[0].tolist(), probs[0].tolist(), repairs, decisions)
         by_name = {row["finding"]: row for row in findings}
         explainer = GradCamExplainer(
             self.model,
@@ -293,9 +296,18 @@ class Predictor:
             return self.device, torch.device("cpu")
         return self.device, self.device
 
-    def _findings(self, raw: list[float], probs: list[float], repairs: list[Any]) -> list[dict[str, Any]]:
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Ontology-consistent positive/negative decisions ``[B, L]`` at the stored thresholds."""
+        from medmm.knowledge import consistent_decisions
+
+        thresholds = torch.tensor([float(self.thresholds[label]) for label in self.labels], dtype=probs.dtype)
+        decisions, _ = consistent_decisions(probs.cpu(), self.constraints, thresholds)
+        return decisions
+
+    def _findings(self, raw: list[float], probs: list[float], repairs: list[Any],
+                  decisions: list[bool]) -> list[dict[str, Any]]:
         rows = []
-        for label, p_raw, p in zip(self.labels, raw, probs):
+        for label, p_raw, p, positive in zip(self.labels, raw, probs, decisions):
             thr = float(self.thresholds[label])
             rows.append(
                 {
@@ -303,7 +315,7 @@ class Predictor:
                     "probability_raw": round(float(p_raw), 6),
                     "probability": round(float(p), 6),
                     "threshold": thr,
-                    "positive": bool(p >= thr),
+                    "positive": bool(positive),
                     "codes": _codes(self.ontology, label),
                     "ontology_path": _path(self.ontology, label),
                     "repaired": [_repair_text(r) for r in repairs if getattr(r, "label", None) == label],

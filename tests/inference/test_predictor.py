@@ -25,8 +25,29 @@ def test_predict_paths(tiny_predictor, scans, kind):
     assert result.labels == tiny_predictor.labels and result.report
     assert doc["input"]["shape"] == [24, 24, 12] and doc["input"]["orientation"] in ("RAS", "LPS")
     for row in result.findings:
-        assert 0 <= row["probability_raw"] <= 1 and row["positive"] == (row["probability"] >= row["threshold"])
-        assert row["ontology_path"][0] == row["finding"]
+        assert 0 <= row["probability_raw"] <= 1 and row["ontology_path"][0] == row["finding"]
+    assert [row["positive"] for row in result.findings] == tiny_predictor.decide(
+        torch.tensor([[row["probability"] for row in result.findings]]))[0].tolist()
+
+
+def test_decisions_obey_the_ontology_with_per_finding_thresholds(tiny_predictor):
+    """Consistent probabilities can still give inconsistent decisions when thresholds differ;
+    the predictor's decisions never do (child positive => parent positive)."""
+    labels = tiny_predictor.labels
+    cons = tiny_predictor.constraints
+    assert len(cons.implications) > 0
+    saved = dict(tiny_predictor.thresholds)
+    try:
+        for child, parent in cons.implications.tolist():
+            tiny_predictor.thresholds[labels[child]] = 0.3
+            tiny_predictor.thresholds[labels[parent]] = 0.7
+        probs = torch.full((1, len(labels)), 0.5)  # consistent (p_child <= p_parent) but split by the thresholds
+        decisions = tiny_predictor.decide(probs)[0]
+        for child, parent in cons.implications.tolist():
+            assert not (decisions[child] and not decisions[parent])
+    finally:
+        tiny_predictor.thresholds.clear()
+        tiny_predictor.thresholds.update(saved)
 
 
 def test_same_image_same_result_across_formats(tiny_predictor, scans):
