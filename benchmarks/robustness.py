@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 from pathlib import Path
 
 
@@ -52,12 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     table = format_table(rows)
     print(table)
     columns = ["model", "method", "eps_hu", "steps", "n_scans", "macro_auroc", "label_accuracy", "mean_abs_prob_change"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "robustness.csv.tmp", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    (args.out / "robustness.csv.tmp").replace(args.out / "robustness.csv")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(args.out / "robustness.csv", buf.getvalue().encode())
     atomic_write_bytes(args.out / "robustness.md", ("```\n" + table + "\n```\n").encode())
     atomic_write_bytes(args.out / "robustness.png", robustness_png(rows))
     print(f"wrote robustness.csv, robustness.md, robustness.png to {args.out}")

@@ -125,17 +125,18 @@ def _consistency(raw: np.ndarray, consistent: np.ndarray, constraints: Any, thre
 
     thr = torch.as_tensor(list(thresholds), dtype=torch.float32)
 
-    def rates(p: np.ndarray, decision_scores: torch.Tensor, decision_thr: torch.Tensor | float) -> dict[str, float]:
+    def rates(probs: torch.Tensor, decision_scores: torch.Tensor, decision_thr: torch.Tensor | float) -> dict[str, float]:
         return {
             "per_constraint": float(violation_rate(decision_scores, constraints, decision_thr)),
             "per_scan": float(violation_rate(decision_scores, constraints, decision_thr, per="sample")),
-            "continuous": float(violation_rate(torch.as_tensor(p, dtype=torch.float32), constraints, None)),
+            "continuous": float(violation_rate(probs, constraints, None)),
         }
 
     raw_t = torch.as_tensor(raw, dtype=torch.float32)
+    cons_t = torch.as_tensor(consistent, dtype=torch.float32)
     # decisions are "score > 0.5" on the threshold-calibrated, consistent scores
-    scores = consistent_decisions(torch.as_tensor(consistent, dtype=torch.float32), constraints, thr)[1].probs
-    before, after = rates(raw, raw_t, thr), rates(consistent, scores, 0.5)
+    scores = consistent_decisions(cons_t, constraints, thr)[1].probs
+    before, after = rates(raw_t, raw_t, thr), rates(cons_t, scores, 0.5)
     return {
         "n_implications": int(len(constraints.implications)),
         "n_exclusions": int(len(constraints.exclusions)),
