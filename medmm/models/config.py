@@ -133,11 +133,21 @@ class ReportGeneratorConfig(_Strict):
     repetition_penalty: float = Field(1.2, ge=1.0)
     no_repeat_ngram_size: int = Field(4, ge=0)
     length_penalty: float = 1.0
+    # A from-scratch decoder can only learn to write tokens its training reports contain, so by
+    # default its vocabulary is cut to those tokenizer ids (`medmm train` fills in ``vocab_ids``):
+    # the output projection and softmax, most of the LM's cost over a 30k-token WordPiece
+    # vocabulary, shrink ~50x. ``tokenizer`` keeps the whole tokenizer vocabulary.
+    vocabulary: Literal["training_reports", "tokenizer"] = "training_reports"
+    vocab_ids: list[int] | None = Field(None, description="tokenizer ids of the decoder's vocabulary (set by training)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ReportGeneratorConfig:
         if self.name_or_path is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.vocab_ids is not None and (self.name_or_path is not None or self.vocabulary == "tokenizer"):
+            raise ValueError("vocab_ids applies only to the from-scratch decoder with vocabulary: training_reports")
+        if self.vocab_ids is not None and (not self.vocab_ids or min(self.vocab_ids) < 0):
+            raise ValueError("vocab_ids must be a non-empty list of tokenizer ids (>= 0)")
         if self.name_or_path is not None and self.conditioning == "cross_attention":
             raise ValueError("cross_attention conditioning needs the from-scratch decoder (name_or_path: null)")
         return self

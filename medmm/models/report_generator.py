@@ -40,6 +40,21 @@ def special_token_ids(tokenizer: Any) -> tuple[int, int, int]:
     return int(bos), int(eos), int(pad)
 
 
+def report_vocabulary(reports: Sequence[str], tokenizer: Any) -> list[int]:
+    """Sorted tokenizer ids that ``reports`` use, plus the special tokens a decoder needs.
+
+    The compact vocabulary of a from-scratch decoder (``vocabulary: training_reports``).
+    """
+    ids: set[int] = set(special_token_ids(tokenizer))
+    if tokenizer.unk_token_id is not None:
+        ids.add(int(tokenizer.unk_token_id))
+    texts = [r for r in reports if r]
+    for start in range(0, len(texts), 512):
+        for seq in tokenizer(texts[start:start + 512], add_special_tokens=False)["input_ids"]:
+            ids.update(seq)
+    return sorted(ids)
+
+
 def _never_generate(tokenizer: Any, eos_id: int) -> list[int]:
     """Special and placeholder tokens a report must never contain ([CLS], [PAD], [MASK], [unusedN], ...)."""
     ids = set(tokenizer.all_special_ids) - {eos_id}
@@ -90,9 +105,9 @@ class ReportGenerator(nn.Module):
             from transformers import GPT2Config, GPT2LMHeadModel
 
             self.tokenizer = tokenizer
-            self.bos_id, self.eos_id, self.pad_id = special_token_ids(tokenizer)
+            self._compact_vocabulary(cfg.vocab_ids)
             lm_config = GPT2Config(
-                vocab_size=len(tokenizer),
+                vocab_size=self.vocab_size,
                 n_positions=cfg.n_positions,
                 n_embd=cfg.n_embd,
                 n_layer=cfg.n_layer,
@@ -109,24 +124,59 @@ class ReportGenerator(nn.Module):
         else:
             self.tokenizer = load_tokenizer(cfg.name_or_path, where="network.report_generator.name_or_path")
             self.lm = load_causal_lm(cfg.name_or_path)
-            self.bos_id, self.eos_id, self.pad_id = special_token_ids(self.tokenizer)
-        self.suppress_ids = _never_generate(self.tokenizer, self.eos_id)
+            self._compact_vocabulary(None)
+        self.suppress_ids = self._lm_ids(_never_generate(self.tokenizer, self._tokenizer_eos), drop_unknown=True)
         # GPT-2's logits are exactly lm_head(transformer(...)); other LMs may post-process them
         self._split_head = type(self.lm).__name__ == "GPT2LMHeadModel"
         width = int(self.lm.get_input_embeddings().embedding_dim)
         # two-layer MLP projector (ClipCap / LLaVA-1.5 style) from image tokens to LM embeddings
         self.projector = nn.Sequential(nn.Linear(image_dim, width), nn.GELU(), nn.Linear(width, width))
 
+    # ----------------------------------------------------------------------------- vocabulary
+    def _compact_vocabulary(self, vocab_ids: Sequence[int] | None) -> None:
+        """Set the LM's token space: the tokenizer's ids, or the compact list ``vocab_ids``.
+
+        With a compact vocabulary, LM id ``k`` stands for tokenizer id ``vocab[k]``; tokenizer ids
+        outside it map to [UNK]. transformers cannot shrink a tokenizer, so the two lookups live
+        here; they are rebuilt from the config, never saved with the weights.
+        """
+        bos, eos, pad = special_token_ids(self.tokenizer)
+        self._tokenizer_eos = eos
+        self.to_tokenizer_ids: torch.Tensor | None = None
+        self.to_lm_ids: torch.Tensor | None = None
+        if vocab_ids is None:
+            self.vocab_size = len(self.tokenizer)
+            self.bos_id, self.eos_id, self.pad_id = bos, eos, pad
+            return
+        unk = self.tokenizer.unk_token_id
+        vocab = sorted(set(int(i) for i in vocab_ids) | {bos, eos, pad} | ({unk} if unk is not None else set()))
+        if vocab[-1] >= len(self.tokenizer):
+            raise ValueError(f"vocab_ids holds id {vocab[-1]} but the tokenizer has only {len(self.tokenizer)} tokens")
+        to_lm = torch.full((len(self.tokenizer),), vocab.index(unk if unk is not None else pad), dtype=torch.long)
+        to_lm[vocab] = torch.arange(len(vocab))
+        self.to_tokenizer_ids, self.to_lm_ids = torch.tensor(vocab), to_lm
+        self.vocab_size = len(vocab)
+        self.bos_id, self.eos_id, self.pad_id = (int(to_lm[i]) for i in (bos, eos, pad))
+
+    def _lm_ids(self, ids: Sequence[int], drop_unknown: bool = False) -> list[int]:
+        """Tokenizer ids -> LM ids (``drop_unknown``: leave out ids outside a compact vocabulary)."""
+        if self.to_lm_ids is None:
+            return list(ids)
+        if drop_unknown:
+            inside = set(self.to_tokenizer_ids.tolist())
+            ids = [i for i in ids if i in inside]
+        return self.to_lm_ids[torch.as_tensor(list(ids), dtype=torch.long)].tolist() if ids else []
+
     # ----------------------------------------------------------------------------- helpers
     def _report_ids(self, reports: Sequence[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[bos] report [eos]`` ids right-padded, and the mask of real (non-pad) positions."""
+        """``[bos] report [eos]`` LM ids right-padded, and the mask of real (non-pad) positions."""
         enc = self.tokenizer(
             [r or "" for r in reports],
             add_special_tokens=False,
             truncation=True,
             max_length=self.cfg.max_report_tokens,
         )["input_ids"]
-        seqs = [[self.bos_id, *ids, self.eos_id] for ids in enc]
+        seqs = [[self.bos_id, *self._lm_ids(ids), self.eos_id] for ids in enc]
         length = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), length), dtype=torch.long)
@@ -245,6 +295,9 @@ class ReportGenerator(nn.Module):
         return self.decode(out)
 
     def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
-        """Token ids → readable reports (special tokens dropped, WordPiece ``##`` joined, spaces tidied)."""
+        """LM token ids → readable reports (special tokens dropped, WordPiece ``##`` joined, spaces tidied)."""
+        if self.to_tokenizer_ids is not None:
+            vocab = self.to_tokenizer_ids
+            ids = [vocab[torch.as_tensor(row, dtype=torch.long).cpu()].tolist() for row in ids]
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
         return [tidy_report(t) for t in texts]

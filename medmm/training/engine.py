@@ -168,6 +168,7 @@ class Trainer:
 
         self.ontology = load_ontology(cfg.ontology.path, labels=self.labels)
         self.constraints = self.ontology.constraints(self.labels).to(self.device)
+        self._resolve_report_vocabulary(splits["train"])
         self.model = MedMM(cfg.network, self.labels).to(self.device)
         distributed.broadcast_parameters(self.model, self.dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -182,6 +183,19 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def _resolve_report_vocabulary(self, train_cases: list[Any]) -> None:
+        """Fill ``network.report_generator.vocab_ids`` with the tokens of the training reports
+        (``vocabulary: training_reports``); the resolved list is saved with the run's config, so a
+        resumed run and every checkpoint rebuild the same decoder."""
+        from medmm.models.pretrained import load_tokenizer
+        from medmm.models.report_generator import report_vocabulary
+
+        generator = self.cfg.network.report_generator
+        if generator.name_or_path is not None or generator.vocabulary != "training_reports" or generator.vocab_ids:
+            return
+        tokenizer = load_tokenizer(self.cfg.network.text_encoder.name_or_path)
+        generator.vocab_ids = report_vocabulary([c.report or "" for c in train_cases], tokenizer)
 
     def _train_loader(self, epoch: int):
         from monai.data import DataLoader

@@ -157,3 +157,30 @@ def test_write_case_dicom_matches_full_generation(tmp_path):
     assert all(filecmp.cmp(a, b, shallow=False) for a, b in zip(full, one))
     with pytest.raises(ValueError, match="not in the synthetic set"):
         write_case_dicom(tmp_path / "one", "P0999_1", n=6, seed=0, size=16)
+
+
+def test_finding_map_marks_exactly_the_positive_findings(tmp_path):
+    """A case's bitmask lies on its image grid and has a bit set for every positive finding that
+    is drawn as a lesion, and none for negative findings."""
+    import nibabel as nib
+
+    from medmm.data import finding_map, read_manifest, synthesize
+
+    cases = read_manifest(synthesize(tmp_path, 8, 0, 24, "nifti"))
+    metal = CT_RATE_FINDINGS.index("Medical material")
+    for case in cases:
+        bits, affine = finding_map(case.case_id, n=8, seed=0, size=24)
+        image = nib.load(case.image)
+        assert bits.shape == image.shape and bits.dtype == np.int32
+        np.testing.assert_allclose(affine, image.affine, atol=1e-4)
+        for k, name in enumerate(CT_RATE_FINDINGS):
+            drawn = bool(((bits >> k) & 1).any())
+            if case.labels[name] == 0:
+                assert not drawn, (case.case_id, name)
+            elif name in ("Lung nodule", "Pleural effusion", "Consolidation", "Medical material"):
+                assert drawn, (case.case_id, name)
+        if case.labels["Medical material"] == 1:  # the map sits on the metal in the image
+            hu = np.asarray(image.dataobj)
+            assert hu[((bits >> metal) & 1) > 0].max() > 400  # partial-volume metal, far above soft tissue
+    with pytest.raises(ValueError, match="not in the synthetic set"):
+        finding_map("P0999_1", n=8, seed=0, size=24)

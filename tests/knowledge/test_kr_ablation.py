@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,6 @@ import numpy as np
 import pytest
 
 from medmm.labels import CT_RATE_FINDINGS
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kr_ablation.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("kr_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _manifest(folder: Path, n: int = 32, size: int = 24) -> Path:
@@ -48,19 +38,19 @@ def _manifest(folder: Path, n: int = 32, size: int = 24) -> Path:
     return path
 
 
-def test_tiny_flag_shrinks_the_run():
-    args = _load_script().parse_args(["--tiny"])
+def test_tiny_flag_shrinks_the_run(load_benchmark):
+    args = load_benchmark("kr_ablation").parse_args(["--tiny"])
     assert (args.n, args.size, args.epochs) == (32, 24, 2)
-    wf = _load_script().workflow(args, 0.1, 1.0)
+    wf = load_benchmark("kr_ablation").workflow(args, 0.1, 1.0)
     assert wf["training"]["label_fraction"] == 0.1 and wf["ontology"]["kr_weight"] == 1.0
     assert wf["data"]["test_fraction"] > 0  # metrics come from the held-out test split
 
 
 @pytest.mark.slow
-def test_tiny_ablation_runs(tmp_path, capsys):
+def test_tiny_ablation_runs(tmp_path, capsys, load_benchmark):
     manifest = _manifest(tmp_path / "data")
     out = tmp_path / "out"
-    code = _load_script().main(["--tiny", "--manifest", str(manifest), "--out", str(out), "--threads", "1"])
+    code = load_benchmark("kr_ablation").main(["--tiny", "--manifest", str(manifest), "--out", str(out), "--threads", "1"])
     assert code == 0
     results = json.loads((out / "kr_ablation.json").read_text())["results"]
     assert [(r["label_fraction"], r["kr_weight"]) for r in results] == [(0.1, 0.0), (0.1, 1.0), (1.0, 0.0), (1.0, 1.0)]

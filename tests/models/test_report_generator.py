@@ -7,7 +7,7 @@ import torch
 
 from medmm.models import ReportGenerator, ReportGeneratorConfig
 from medmm.models.pretrained import load_tokenizer
-from medmm.models.report_generator import special_token_ids, tidy_report
+from medmm.models.report_generator import report_vocabulary, special_token_ids, tidy_report
 
 from .conftest import REPORTS
 
@@ -140,3 +140,44 @@ def test_loads_a_local_causal_lm_with_its_tokenizer(tiny_gpt2_dir, tiny_bert_dir
 )
 def test_tidy_report(raw, tidy):
     assert tidy_report(raw) == tidy
+
+
+@pytest.mark.parametrize("conditioning", ["prefix", "cross_attention"])
+def test_compact_vocabulary_learns_and_decodes_the_reports(tiny_bert_dir, conditioning):
+    """With only the training reports' tokens the decoder is smaller and still writes each report."""
+    tok = load_tokenizer(str(tiny_bert_dir))
+    vocab = report_vocabulary(REPORTS, tok)
+    assert vocab == sorted(vocab) and {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.unk_token_id} <= set(vocab)
+    gen = _generator(tiny_bert_dir, conditioning=conditioning, vocab_ids=vocab, dropout=0.0,
+                     repetition_penalty=1.0, no_repeat_ngram_size=0)
+    assert gen.lm.get_output_embeddings().weight.shape[0] == len(vocab) < len(tok)
+    tokens = _tokens()
+    opt = torch.optim.AdamW(gen.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = gen.loss(tokens, REPORTS)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert gen.generate(tokens) == [tidy_report(r.lower()) for r in REPORTS]
+
+
+def test_compact_vocabulary_maps_unknown_words_to_unk_and_bans_specials(tiny_bert_dir):
+    tok = load_tokenizer(str(tiny_bert_dir))
+    gen = _generator(tiny_bert_dir, vocab_ids=report_vocabulary(["no pleural effusion."], tok))
+    ids, mask = gen._report_ids(["no pleural effusion.", "xylophone"], torch.device("cpu"))
+    unk = int(gen.to_lm_ids[tok.unk_token_id])
+    assert ids[0, 0] == gen.bos_id and unk not in ids[0].tolist()
+    assert unk in ids[1].tolist()  # a word the training reports never used
+    assert gen.decode(ids[:1]) == ["No pleural effusion."]
+    banned = set(gen.suppress_ids)
+    assert {gen.bos_id, gen.pad_id, unk} <= banned and gen.eos_id not in banned
+    assert max(banned) < gen.vocab_size
+
+
+def test_compact_vocabulary_config_is_checked(tiny_bert_dir, tiny_gpt2_dir):
+    with pytest.raises(ValueError, match="only to the from-scratch decoder"):
+        ReportGeneratorConfig(name_or_path=str(tiny_gpt2_dir), vocab_ids=[1, 2])
+    with pytest.raises(ValueError, match="only to the from-scratch decoder"):
+        ReportGeneratorConfig(vocabulary="tokenizer", vocab_ids=[1, 2])
+    with pytest.raises(ValueError, match="tokenizer has only"):
+        _generator(tiny_bert_dir, vocab_ids=[10**7])

@@ -55,6 +55,12 @@ def test_checkpoint_loads_and_predicts(one_epoch_run):
     with torch.no_grad():
         logits = model(torch.zeros(1, 1, 16, 16, 16), ["Findings: none."])
     assert logits.shape == (1, len(TINY_LABELS)) and meta["best_epoch"] == 1
+    # the decoder's vocabulary is the training reports' tokens, resolved once and stored with the run
+    vocab = one_epoch_run.config.network.report_generator.vocab_ids
+    assert vocab and meta["model"]["report_generator"]["vocab_ids"] == vocab
+    assert model.report_generator.lm.get_output_embeddings().weight.shape[0] == len(vocab)
+    assert len(vocab) < len(model.report_generator.tokenizer)
+    assert isinstance(model.generate_reports(model.embed(model.feature_map(torch.zeros(1, 1, 16, 16, 16)))[1])[0], str)
 
 
 @pytest.mark.slow

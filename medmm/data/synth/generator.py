@@ -150,11 +150,39 @@ def write_case_dicom(out_dir: str | Path, case_id: str, n: int, seed: int = 0, s
     Raises:
         ValueError: ``case_id`` is not part of that set.
     """
+    patient_no, scan_index, n_scans = _locate(case_id, n, seed)
+    row = _make_case((str(out_dir), int(seed), patient_no, scan_index, n_scans, int(size), "dicom"))
+    return Path(out_dir) / row["image"]
+
+
+def _locate(case_id: str, n: int, seed: int) -> tuple[int, int, int]:
+    """``(patient number, scan index, scans of that patient)`` of ``case_id`` in the ``(n, seed)`` set."""
     for patient_no, scan_index, n_scans in _plan(int(n), int(seed)):
         if f"P{patient_no:04d}_{scan_index + 1}" == case_id:
-            row = _make_case((str(out_dir), int(seed), patient_no, scan_index, n_scans, int(size), "dicom"))
-            return Path(out_dir) / row["image"]
+            return patient_no, scan_index, n_scans
     raise ValueError(f"case {case_id!r} is not in the synthetic set n={n}, seed={seed}")
+
+
+def finding_map(case_id: str, n: int, seed: int = 0, size: int = 64, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Where each finding was drawn in one case of the ``(n, seed, size)`` set, as a bitmask volume.
+
+    Renders the case again (deterministic). Bit ``k`` of a voxel is set when finding
+    ``CT_RATE_FINDINGS[k]`` covers more than ``threshold`` of it. Findings drawn as a change of
+    anatomy rather than a lesion (cardiomegaly, pericardial effusion, peribronchial thickening,
+    bronchiectasis) have no map. Meant for experiments on localisation supervision
+    (``benchmarks/finding_supervision.py``); real data sets have no such maps.
+
+    Returns:
+        ``(bits, affine)``: int32 ``(X, Y, Z)`` on the scan's voxel grid and its voxel -> RAS affine
+        (the same affine as the case's image).
+    """
+    patient_no, scan_index, n_scans = _locate(case_id, n, seed)
+    phantom, *_ = render_scan(_entropy(int(seed), patient_no), int(size), None, scan_index, n_scans)
+    bits = np.zeros(phantom.hu.shape, np.int32)
+    for k, name in enumerate(CT_RATE_FINDINGS):
+        if name in phantom.effects:
+            bits |= (phantom.effects[name] > threshold).astype(np.int32) << k
+    return bits, phantom.affine
 
 
 def prevalence(cases: list[Case], labels=CT_RATE_FINDINGS) -> dict[str, float]:
