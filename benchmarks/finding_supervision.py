@@ -145,7 +145,7 @@ class Probe(nn.Module):
         if enc_cfg.name not in ("slim", "resnet10", "resnet18"):
             raise SystemExit(f"inner-layer heads need a ResNet-family encoder, not {enc_cfg.name!r}")
         self.encoder = ImageEncoder(enc_cfg)
-        self.head = nn.Linear(enc_cfg.embed_dim, n_labels)
+        self.head = None if mil_level else nn.Linear(enc_cfg.embed_dim, n_labels)
         self.map_levels, self.mil_level = map_levels, mil_level
         self._inner: dict[str, torch.Tensor] = {}
         for level in RESNET_LEVELS:
@@ -165,7 +165,7 @@ class Probe(nn.Module):
         return hook
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        fmap = self.encoder.feature_map(x)
+        fmap = self.encoder.feature_map(x)  # the hooks keep the inner layers' outputs
         if self.mil_head is not None:
             scores = self.mil_head(self._inner[self.mil_level]).flatten(2)
             r = 5.0  # log-sum-exp sharpness: between mean (r -> 0) and max (r -> inf)

@@ -45,14 +45,18 @@ def report_vocabulary(reports: Sequence[str], tokenizer: Any) -> list[int]:
 
     The compact vocabulary of a from-scratch decoder (``vocabulary: training_reports``).
     """
-    ids: set[int] = set(special_token_ids(tokenizer))
-    if tokenizer.unk_token_id is not None:
-        ids.add(int(tokenizer.unk_token_id))
+    ids = _decoder_specials(tokenizer)
     texts = [r for r in reports if r]
     for start in range(0, len(texts), 512):
         for seq in tokenizer(texts[start:start + 512], add_special_tokens=False)["input_ids"]:
             ids.update(seq)
     return sorted(ids)
+
+
+def _decoder_specials(tokenizer: Any) -> set[int]:
+    """bos, eos, pad and (if the tokenizer has one) [UNK]: every decoder vocabulary holds them."""
+    unk = tokenizer.unk_token_id
+    return set(special_token_ids(tokenizer)) | ({int(unk)} if unk is not None else set())
 
 
 def _never_generate(tokenizer: Any, eos_id: int) -> list[int]:
@@ -125,7 +129,6 @@ class ReportGenerator(nn.Module):
             self.tokenizer = load_tokenizer(cfg.name_or_path, where="network.report_generator.name_or_path")
             self.lm = load_causal_lm(cfg.name_or_path)
             self._compact_vocabulary(None)
-        self.suppress_ids = self._lm_ids(_never_generate(self.tokenizer, self._tokenizer_eos), drop_unknown=True)
         # GPT-2's logits are exactly lm_head(transformer(...)); other LMs may post-process them
         self._split_head = type(self.lm).__name__ == "GPT2LMHeadModel"
         width = int(self.lm.get_input_embeddings().embedding_dim)
@@ -141,15 +144,16 @@ class ReportGenerator(nn.Module):
         here; they are rebuilt from the config, never saved with the weights.
         """
         bos, eos, pad = special_token_ids(self.tokenizer)
-        self._tokenizer_eos = eos
+        never = _never_generate(self.tokenizer, eos)
         self.to_tokenizer_ids: torch.Tensor | None = None
         self.to_lm_ids: torch.Tensor | None = None
         if vocab_ids is None:
             self.vocab_size = len(self.tokenizer)
             self.bos_id, self.eos_id, self.pad_id = bos, eos, pad
+            self.suppress_ids = never
             return
         unk = self.tokenizer.unk_token_id
-        vocab = sorted(set(int(i) for i in vocab_ids) | {bos, eos, pad} | ({unk} if unk is not None else set()))
+        vocab = sorted(set(int(i) for i in vocab_ids) | _decoder_specials(self.tokenizer))
         if vocab[-1] >= len(self.tokenizer):
             raise ValueError(f"vocab_ids holds id {vocab[-1]} but the tokenizer has only {len(self.tokenizer)} tokens")
         to_lm = torch.full((len(self.tokenizer),), vocab.index(unk if unk is not None else pad), dtype=torch.long)
@@ -157,15 +161,14 @@ class ReportGenerator(nn.Module):
         self.to_tokenizer_ids, self.to_lm_ids = torch.tensor(vocab), to_lm
         self.vocab_size = len(vocab)
         self.bos_id, self.eos_id, self.pad_id = (int(to_lm[i]) for i in (bos, eos, pad))
+        banned = set(never)
+        self.suppress_ids = [k for k, token in enumerate(vocab) if token in banned]
 
-    def _lm_ids(self, ids: Sequence[int], drop_unknown: bool = False) -> list[int]:
-        """Tokenizer ids -> LM ids (``drop_unknown``: leave out ids outside a compact vocabulary)."""
-        if self.to_lm_ids is None:
+    def _lm_ids(self, ids: Sequence[int]) -> list[int]:
+        """Tokenizer ids -> LM ids (ids outside a compact vocabulary become [UNK])."""
+        if self.to_lm_ids is None or not ids:
             return list(ids)
-        if drop_unknown:
-            inside = set(self.to_tokenizer_ids.tolist())
-            ids = [i for i in ids if i in inside]
-        return self.to_lm_ids[torch.as_tensor(list(ids), dtype=torch.long)].tolist() if ids else []
+        return self.to_lm_ids[torch.as_tensor(list(ids), dtype=torch.long)].tolist()
 
     # ----------------------------------------------------------------------------- helpers
     def _report_ids(self, reports: Sequence[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
