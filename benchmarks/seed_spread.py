@@ -53,17 +53,21 @@ def run_arm(args: argparse.Namespace, arm: str, overrides: list[str]) -> list[di
         run = medmm.train(args.workflow, run_dir=args.out / f"{arm}-seed{seed}", device=args.device,
                           overrides=[*args.set, *overrides, f"seed={seed}"], verbose=args.verbose)
         best = run.best or {}
-        rows.append({"arm": arm, "seed": seed, "val_macro_auroc": best.get("val_macro_auroc"),
-                     "best_epoch": best.get("epoch"), "train_s": round(time.perf_counter() - t0, 1),
-                     "run_dir": str(run.run_dir)})
-        print(f"{arm:<9} seed {seed:<3} val macro AUROC {rows[-1]['val_macro_auroc']:.3f} "
-              f"(best epoch {rows[-1]['best_epoch']}, {rows[-1]['train_s']:.0f} s)", flush=True)
+        if best.get("val_macro_auroc") is None:
+            raise SystemExit(f"{arm} seed {seed}: validation macro AUROC is undefined "
+                             "(no label has both classes in the validation split)")
+        row = {"arm": arm, "seed": seed, "val_macro_auroc": best["val_macro_auroc"], "best_epoch": best.get("epoch"),
+               "train_s": round(time.perf_counter() - t0, 1), "run_dir": str(run.run_dir)}
+        rows.append(row)
+        print(f"{arm:<9} seed {seed:<3} val macro AUROC {row['val_macro_auroc']:.3f} "
+              f"(best epoch {row['best_epoch']}, {row['train_s']:.0f} s)", flush=True)
     return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-arm spread and, when there is a variant, the paired comparison with the baseline."""
-    scores = {arm: [r["val_macro_auroc"] for r in rows if r["arm"] == arm] for arm in dict.fromkeys(r["arm"] for r in rows)}
+    arms = dict.fromkeys(r["arm"] for r in rows)
+    scores = {arm: [r["val_macro_auroc"] for r in rows if r["arm"] == arm] for arm in arms}
     out: dict[str, Any] = {arm: spread(s) for arm, s in scores.items()}
     if "variant" in scores:
         out["variant_vs_baseline"] = paired(scores["baseline"], scores["variant"])

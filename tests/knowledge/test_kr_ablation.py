@@ -39,9 +39,10 @@ def _manifest(folder: Path, n: int = 32, size: int = 24) -> Path:
 
 
 def test_tiny_flag_shrinks_the_run(load_benchmark):
-    args = load_benchmark("kr_ablation").parse_args(["--tiny"])
+    bench = load_benchmark("kr_ablation")
+    args = bench.parse_args(["--tiny"])
     assert (args.n, args.size, args.epochs) == (32, 24, 2)
-    wf = load_benchmark("kr_ablation").workflow(args, 0.1, 1.0)
+    wf = bench.workflow(args, 0.1, 1.0)
     assert wf["training"]["label_fraction"] == 0.1 and wf["ontology"]["kr_weight"] == 1.0
     assert wf["data"]["test_fraction"] > 0  # metrics come from the held-out test split
 
