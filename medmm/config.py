@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from medmm.data.transforms import PreprocessingConfig
+from medmm.data.transforms import PreprocessingConfig, hu_to_intensity
 from medmm.errors import MedmmConfigError
 from medmm.labels import CT_RATE_FINDINGS
 from medmm.models.config import ModelConfig
@@ -47,6 +47,7 @@ class SyntheticSource(_Strict):
     cache_dir: Path = Path("~/.cache/medmm/synthetic")
     format: Literal["nifti", "dicom", "both"] = "nifti"
     workers: int = Field(1, ge=1, description="processes generating the phantoms (output does not depend on it)")
+    counterfactuals: int = Field(0, ge=0, description="re-renderings per training scan with one finding switched")
 
 
 class ManifestSource(_Strict):
@@ -216,6 +217,14 @@ class WorkflowConfig(_Strict):
             raise ValueError("preprocessing.roi_size is required for training (batches need one size)")
         if self.inferer.roi_size is None:
             self.inferer.roi_size = self.preprocessing.roi_size
+        encoder = self.network.image_encoder
+        if encoder.histogram_hu is not None:  # HU -> the intensities the network sees
+            lo, hi = self.preprocessing.hu_window
+            if self.preprocessing.clip and (encoder.histogram_hu[0] < lo or encoder.histogram_hu[-1] > hi):
+                raise ValueError(f"network.image_encoder.histogram_hu spans [{encoder.histogram_hu[0]:g}, "
+                                 f"{encoder.histogram_hu[-1]:g}] HU but preprocessing.hu_window [{lo:g}, {hi:g}] "
+                                 "clips the image to a smaller range")
+            encoder.histogram_centres = [hu_to_intensity(h, self.preprocessing) for h in encoder.histogram_hu]
         return self
 
     def to_yaml_dict(self) -> dict[str, Any]:

@@ -32,7 +32,9 @@ def data() -> None:
 @click.option("--size", default=64, show_default=True, type=click.IntRange(min=8), help="Volume edge in voxels.")
 @click.option("--format", "fmt", default="nifti", show_default=True, type=click.Choice(["nifti", "dicom", "both"]))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
-def synth(out_dir: str, n: int, seed: int, size: int, fmt: str, workers: int) -> None:
+@click.option("--counterfactuals", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Extra renderings of each training scan with one finding switched on or off.")
+def synth(out_dir: str, n: int, seed: int, size: int, fmt: str, workers: int, counterfactuals: int) -> None:
     """Generate synthetic chest CTs with findings, reports and a patient-level split."""
     import time
 
@@ -43,13 +45,17 @@ def synth(out_dir: str, n: int, seed: int, size: int, fmt: str, workers: int) ->
     from medmm.labels import CT_RATE_FINDINGS
 
     start = time.perf_counter()
-    with tqdm(total=n, desc="synthesizing", unit="scan") as bar:
-        manifest = synthesize(out_dir, n, seed, size, fmt, workers=workers, progress=bar.update)
+    with tqdm(total=None if counterfactuals else n, desc="synthesizing", unit="scan") as bar:
+        manifest = synthesize(out_dir, n, seed, size, fmt, counterfactuals=counterfactuals, workers=workers,
+                              progress=bar.update)
     elapsed = time.perf_counter() - start
-    cases = read_manifest(manifest)
+    everything = read_manifest(manifest)
+    cases = [c for c in everything if "counterfactual" not in c.meta]
     patients = {c.patient_id for c in cases}
     click.echo(f"manifest: {manifest}")
     click.echo(f"{len(cases)} scans of {len(patients)} patients, {size}^3, {fmt}, {elapsed:.1f} s")
+    if counterfactuals:
+        click.echo(f"+ {len(everything) - len(cases)} counterfactual training scans (one finding switched)")
     click.echo("\n".join(_prevalence_table(cases, CT_RATE_FINDINGS)))
     if UNRENDERED_FINDINGS:
         click.echo("not rendered in the images (labels and reports only):")

@@ -86,7 +86,7 @@ def demo(out: Path, device: str | None, retrain: bool, overrides: tuple[str, ...
     syn = cfg.data.synthetic
     click.echo(f"[1/3] synthetic data: {syn.n} cases of {syn.size}^3 voxels in {data_dir}")
     manifest = Path(ensure_synthetic(data_dir, n=syn.n, seed=syn.seed, size=syn.size, fmt=syn.format,
-                                     workers=syn.workers))
+                                     counterfactuals=syn.counterfactuals, workers=syn.workers))
 
     if not retrain and run_is_finished(run_dir, cfg.training.epochs):
         click.echo(f"[2/3] reusing the finished run in {run_dir}")

@@ -60,7 +60,7 @@ def load_cases(data: Any) -> list[Any]:
 
         s = data.synthetic
         manifest = ensure_synthetic(Path(s.cache_dir).expanduser(), n=s.n, seed=s.seed, size=s.size, fmt=s.format,
-                                    workers=s.workers)
+                                    counterfactuals=s.counterfactuals, workers=s.workers)
         return read_manifest(manifest, labels=data.labels)
     if data.source == "manifest":
         return read_manifest(Path(data.manifest.path).expanduser(), labels=data.labels)

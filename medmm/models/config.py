@@ -44,6 +44,11 @@ class ImageEncoderConfig(_Strict):
     # "avgmax" concatenates global max pooling to the average: small, bright findings (calcified
     # plaques, devices, nodules) occupy a few cells of the feature map and vanish in an average.
     global_pool: Literal["avg", "avgmax"] = "avg"
+    # Soft HU histogram pathway (medmm.models.intensity_histogram): bin centres in HU. A workflow
+    # maps them through its preprocessing window into ``histogram_centres`` (input units), which
+    # is what the encoder uses and what checkpoints store.
+    histogram_hu: list[float] | None = None
+    histogram_centres: list[float] | None = None
 
     @field_validator("token_grid", mode="before")
     @classmethod
@@ -55,6 +60,13 @@ class ImageEncoderConfig(_Strict):
     def _grid_positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
         if min(v) < 1:
             raise ValueError(f"token_grid entries must be >= 1, got {v}")
+        return v
+
+    @field_validator("histogram_hu", "histogram_centres")
+    @classmethod
+    def _increasing(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) < 2 or any(b <= a for a, b in zip(v, v[1:]))):
+            raise ValueError(f"histogram bin centres must be >= 2 strictly increasing values, got {v}")
         return v
 
     @field_validator("widths", "depth")

@@ -17,6 +17,10 @@ from monai.networks import nets
 from torch import nn
 
 from medmm.models.config import ImageEncoderConfig
+from medmm.models.intensity_histogram import IntensityHistogram
+
+#: Added to bin fractions before the log (a single voxel of a 64³ volume is 4e-6 of it).
+HISTOGRAM_EPS = 1e-6
 
 #: Default (block_inplanes, layers) of the ResNet-family options.
 _RESNET_DEFAULTS: dict[str, tuple[list[int], list[int]]] = {
@@ -114,9 +118,21 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone, self._features, self.channels = build_backbone(cfg)
-        pooled_channels = self.channels * (2 if cfg.global_pool == "avgmax" else 1)
-        self.pool_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(pooled_channels, cfg.embed_dim))
-        self.token_proj = nn.Linear(self.channels, cfg.embed_dim)
+        pools = 2 if cfg.global_pool == "avgmax" else 1
+        self.histogram, self.histogram_channels = None, 0
+        if cfg.histogram_hu is not None and cfg.histogram_centres is None:
+            raise ValueError("histogram_hu is set but histogram_centres is not: build the model from a workflow "
+                             "(it maps HU through preprocessing.hu_window) or give histogram_centres in input units")
+        if cfg.histogram_centres is not None:
+            self.histogram = IntensityHistogram(cfg.histogram_centres)
+            self.histogram_channels = cfg.in_channels * self.histogram.bins
+            # log bin fractions span ~[-14, 0] with tiny per-bin spreads: standardise them before
+            # they meet the CNN features (without this the head ignores them; measured)
+            self.histogram_norm = nn.BatchNorm1d(self.histogram_channels * pools)
+            self.token_histogram_norm = nn.BatchNorm1d(self.histogram_channels)
+        self.pool_proj = nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.Linear((self.channels + self.histogram_channels) * pools, cfg.embed_dim))
+        self.token_proj = nn.Linear(self.channels + self.histogram_channels, cfg.embed_dim)
         # learned position of each token in the grid, so the report generator knows "left/upper"
         self.token_pos = nn.Parameter(torch.zeros(cfg.n_tokens, cfg.embed_dim))
         nn.init.normal_(self.token_pos, std=0.02)
@@ -126,23 +142,38 @@ class ImageEncoder(nn.Module):
         return self.cfg.embed_dim
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Fully convolutional features ``[B, C, x, y, z]`` of an image ``[B, in, X, Y, Z]``."""
+        """Fully convolutional features ``[B, C, x, y, z]`` of an image ``[B, in, X, Y, Z]``.
+
+        With a histogram the last ``histogram_channels`` channels are each cell's intensity-bin
+        fractions, so stitching the maps of sliding windows averages them like the CNN channels.
+        """
         if x.ndim != 5:
             raise ValueError(f"image must be [B, C, X, Y, Z], got shape {tuple(x.shape)}")
-        return self._features(x)
+        fmap = self._features(x)
+        if self.histogram is None:
+            return fmap
+        return torch.cat([fmap, self.histogram(x, fmap.shape[2:]).to(fmap.dtype)], dim=1)
 
     def embed(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool a feature map into ``(pooled [B, D], tokens [B, N, D])``.
 
-        ``pooled`` is global average (optionally + max) pooling + a linear projection; ``tokens`` adaptively average
+        ``pooled`` is global average (optionally + max) pooling + a linear projection (with a
+        histogram: plus the standardised log bin fractions of the whole volume); ``tokens`` adaptively average
         pools the map onto ``token_grid`` (any map size works, e.g. a stitched one) and projects
         each cell, adding a learned position embedding.
         """
-        pooled = fmap.mean(dim=(2, 3, 4))
+        cnn, hist = fmap[:, : self.channels], fmap[:, self.channels :]
+        pools = [cnn.mean(dim=(2, 3, 4))]
         if self.cfg.global_pool == "avgmax":
-            pooled = torch.cat([pooled, fmap.amax(dim=(2, 3, 4))], dim=1)
-        pooled = self.pool_proj(pooled)
-        grid = F.adaptive_avg_pool3d(fmap, self.cfg.token_grid).flatten(2).transpose(1, 2)  # [B, N, C]
+            pools.append(cnn.amax(dim=(2, 3, 4)))
+        grid = F.adaptive_avg_pool3d(cnn, self.cfg.token_grid).flatten(2).transpose(1, 2)  # [B, N, C]
+        if self.histogram is not None:
+            h_pools = [hist.mean(dim=(2, 3, 4))] + ([hist.amax(dim=(2, 3, 4))] if len(pools) == 2 else [])
+            pools.append(self.histogram_norm(torch.log(torch.cat(h_pools, dim=1) + HISTOGRAM_EPS)))
+            h_grid = torch.log(F.adaptive_avg_pool3d(hist, self.cfg.token_grid).flatten(2).transpose(1, 2) + HISTOGRAM_EPS)
+            h_grid = self.token_histogram_norm(h_grid.flatten(0, 1)).view_as(h_grid)
+            grid = torch.cat([grid, h_grid], dim=2)
+        pooled = self.pool_proj(torch.cat(pools, dim=1))
         tokens = self.token_proj(grid) + self.token_pos
         return pooled, tokens
 

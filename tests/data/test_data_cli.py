@@ -33,3 +33,14 @@ def test_check_reports_leakage_and_bad_input_on_one_line(tmp_path, capsys):
             assert exit_.code == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_synth_counterfactuals_reports_natural_and_twin_counts(tmp_path):
+    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path), "--n", "8", "--seed", "3",
+                                      "--size", "16", "--counterfactuals", "1"])
+    assert result.exit_code == 0, result.output
+    cases = read_manifest(tmp_path / "manifest.csv")
+    twins = [c for c in cases if c.meta.get("counterfactual")]
+    n_train = sum(c.split == "train" for c in cases if not c.meta.get("counterfactual"))
+    assert len(twins) == n_train > 0 and len(cases) == 8 + n_train
+    assert "8 scans of" in result.output and f"+ {n_train} counterfactual training scans" in result.output

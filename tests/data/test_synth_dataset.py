@@ -184,3 +184,38 @@ def test_finding_map_marks_exactly_the_positive_findings(tmp_path):
             assert hu[((bits >> metal) & 1) > 0].max() > 400  # partial-volume metal, far above soft tissue
     with pytest.raises(ValueError, match="not in the synthetic set"):
         finding_map("P0999_1", n=8, seed=0, size=24)
+
+
+def test_counterfactual_twins_switch_one_finding_of_training_scans_only(tmp_path):
+    import nibabel as nib
+
+    from medmm.data.synth.generator import counterfactual_labels
+
+    plain = read_manifest(synthesize(tmp_path / "plain", 12, seed=3, size=24, fmt="nifti"))
+    cases = read_manifest(synthesize(tmp_path / "cf", 12, seed=3, size=24, fmt="nifti", counterfactuals=2))
+    natural = {c.case_id: c for c in cases if "counterfactual" not in c.meta}
+    twins = [c for c in cases if "counterfactual" in c.meta]
+    assert sorted(natural) == sorted(c.case_id for c in plain)  # natural scans, split and labels unchanged
+    assert all(natural[c.case_id].labels == c.labels and natural[c.case_id].split == c.split for c in plain)
+    n_train = sum(c.split == "train" for c in plain)
+    assert n_train > 0 and len(twins) == 2 * n_train
+    parents = {child: parent for child, parent in IMPLICATIONS}
+    for twin in twins:
+        origin = natural[twin.case_id.rsplit("_cf", 1)[0]]
+        assert twin.split == "train" and twin.patient_id == origin.patient_id
+        switched = twin.meta["counterfactual"]
+        changed = {k for k in CT_RATE_FINDINGS if twin.labels[k] != origin.labels[k]}
+        assert switched in changed and changed <= {switched, *parents, *parents.values()}
+        assert all(twin.labels[p] >= twin.labels[c] for c, p in parents.items())  # implications hold
+        a, b = (np.asarray(nib.load(c.image).dataobj) for c in (origin, twin))
+        assert a.shape == b.shape and not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="counterfactuals"):
+        synthesize(tmp_path / "bad", 4, counterfactuals=-1)
+    rng = np.random.default_rng(0)
+    assert counterfactual_labels(dict.fromkeys(CT_RATE_FINDINGS, 0), rng)[0] != dict.fromkeys(CT_RATE_FINDINGS, 0)
+
+
+def test_ensure_synthetic_keeps_counterfactual_sets_apart(tmp_path):
+    plain = ensure_synthetic(tmp_path, 4, seed=1, size=16, fmt="nifti")
+    twins = ensure_synthetic(tmp_path, 4, seed=1, size=16, fmt="nifti", counterfactuals=1)
+    assert plain != twins and plain.parent.name + "_cf1" == twins.parent.name

@@ -198,3 +198,17 @@ def test_cuda_round_trip_and_decoding(tiny_config, image, tmp_path):
     gpu_logits, _, gpu_reports = _outputs(loaded, image.cuda())
     assert torch.allclose(gpu_logits.cpu(), cpu_logits, atol=1e-4)
     assert len(gpu_reports) == len(cpu_reports) == 2
+
+
+def test_round_trip_keeps_the_intensity_histogram(tiny_config, image, tmp_path):
+    """The histogram's bin centres live in the stored config and its normalisers in the weights."""
+    torch.manual_seed(0)
+    centres = [0.0, 0.2, 0.5, 0.8, 1.0]
+    model = _trained(MedMM(tiny_config(image={"histogram_centres": centres, "global_pool": "avgmax"}), LABELS), image)
+    save_checkpoint(model, tmp_path, "best")
+    assert any(k.startswith("image_encoder.histogram_norm.") for k in _keys(tmp_path / "best.safetensors"))
+    expected = _outputs(model, image)
+    loaded, meta = load_checkpoint(tmp_path, "best")
+    assert meta["model"]["image_encoder"]["histogram_centres"] == centres
+    got = _outputs(loaded, image)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])

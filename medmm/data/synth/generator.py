@@ -4,6 +4,11 @@
 ``images/<case>.nii.gz`` and/or ``dicom/<case>/slice_*.dcm`` and ``synth.json`` (parameters and
 prevalences). Every random choice derives from ``seed`` through per-(patient, scan, purpose)
 streams, so the output is byte-identical for the same arguments, with or without worker processes.
+
+``counterfactuals=k`` adds, for every *training* scan, k re-renderings of the same patient and scan
+(same anatomy, noise and other findings) with one finding switched on or off: pairs that differ
+only in one finding show the network that finding's own image evidence instead of the findings it
+co-occurs with. Validation and test scans are untouched, so metrics stay on natural data.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from medmm.data.splits import split_patients
 from medmm.data.synth.anatomy import sample_patient
 from medmm.data.synth.findings import RENDERED_FINDINGS, UNRENDERED_FINDINGS
 from medmm.data.synth.identity import sample_identity, study_dates
-from medmm.data.synth.labels import close_implications, follow_up_labels, sample_age_sex, sample_labels
+from medmm.data.synth.labels import IMPLICATIONS, close_implications, follow_up_labels, sample_age_sex, sample_labels
 from medmm.data.synth.phantom import Phantom, render_phantom, sample_scan
 from medmm.data.synth.reports import write_indication, write_report
 from medmm.labels import CT_RATE_FINDINGS
@@ -103,18 +108,37 @@ def _entropy(seed: int, patient: int) -> int:
     return int(np.random.SeedSequence([seed, patient]).generate_state(1, dtype=np.uint64)[0] >> 2)
 
 
+def counterfactual_labels(labels: dict[str, int], rng: np.random.Generator) -> tuple[dict[str, int], str]:
+    """``labels`` with one finding (drawn uniformly) switched; switching a parent off also
+    switches off the findings that imply it, so the ontology's implications still hold."""
+    name = CT_RATE_FINDINGS[int(rng.integers(len(CT_RATE_FINDINGS)))]
+    new = dict(labels)
+    new[name] = 1 - labels[name]
+    if new[name] == 0:
+        for child, parent in IMPLICATIONS:
+            if parent == name:
+                new[child] = 0
+    return close_implications(new), name
+
+
 def _make_case(job: tuple) -> dict:
-    """Render one scan and write its files; runs in a worker process when asked."""
+    """Render one scan (or its ``twin``-th counterfactual) and write its files; runs in a worker process when asked."""
     from medmm.io.writers import write_dicom_series, write_nifti
 
-    out_dir, seed, patient_no, scan_index, n_scans, size, fmt = job
+    out_dir, seed, patient_no, scan_index, n_scans, size, fmt, twin = job
     entropy = _entropy(seed, patient_no)
-    phantom, labels, report, indication = render_scan(entropy, size, None, scan_index, n_scans)
+    labels, switched = None, None
+    if twin:
+        age, _, _ = _patient_state(entropy)
+        natural = _scan_labels(entropy, age, max(n_scans, scan_index + 1))[scan_index]
+        labels, switched = counterfactual_labels(natural, np.random.default_rng([entropy, 7, scan_index, twin]))
+    phantom, labels, report, indication = render_scan(entropy, size, labels, scan_index, n_scans)
     pid = f"P{patient_no:04d}"
-    case_id = f"{pid}_{scan_index + 1}"
+    case_id = f"{pid}_{scan_index + 1}" + (f"_cf{twin}" if twin else "")
     stored = np.rint(phantom.hu).astype(np.int16)  # HU as int16, like scanners store them
     out = Path(out_dir)
-    row = dict(case_id=case_id, patient_id=pid, labels=labels, report=report, indication=indication, meta={})
+    row = dict(case_id=case_id, patient_id=pid, labels=labels, report=report, indication=indication,
+               meta={"counterfactual": switched} if twin else {})
     if fmt in ("nifti", "both"):
         row["image"] = f"images/{case_id}.nii.gz"
         write_nifti(stored, phantom.affine, out / row["image"])
@@ -133,7 +157,7 @@ def _make_case(job: tuple) -> dict:
         if fmt == "dicom":
             row["image"] = folder
         else:
-            row["meta"] = {"image_dicom": folder}
+            row["meta"]["image_dicom"] = folder
     return row
 
 
@@ -151,7 +175,7 @@ def write_case_dicom(out_dir: str | Path, case_id: str, n: int, seed: int = 0, s
         ValueError: ``case_id`` is not part of that set.
     """
     patient_no, scan_index, n_scans = _locate(case_id, n, seed)
-    row = _make_case((str(out_dir), int(seed), patient_no, scan_index, n_scans, int(size), "dicom"))
+    row = _make_case((str(out_dir), int(seed), patient_no, scan_index, n_scans, int(size), "dicom", 0))
     return Path(out_dir) / row["image"]
 
 
@@ -198,6 +222,7 @@ def synthesize(
     size: int = 64,
     fmt: str = "nifti",
     *,
+    counterfactuals: int = 0,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
@@ -209,6 +234,8 @@ def synthesize(
         seed: everything derives from it; same arguments -> byte-identical files.
         size: volume edge in voxels.
         fmt: ``"nifti"``, ``"dicom"`` or ``"both"`` (manifest ``image`` = NIfTI, ``image_dicom`` = DICOM folder).
+        counterfactuals: re-renderings per training scan with one finding switched (case ids
+            ``<case>_cf<k>``, same patient, manifest column ``counterfactual`` = the finding).
         workers: processes to render with (output does not depend on it).
         progress: called with 1 after each scan (e.g. ``tqdm.update``).
 
@@ -220,11 +247,36 @@ def synthesize(
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if int(n) < 1 or int(size) < 8:
-        raise ValueError(f"need n >= 1 and size >= 8, got n={n}, size={size}")
+    if int(n) < 1 or int(size) < 8 or int(counterfactuals) < 0:
+        raise ValueError(f"need n >= 1, size >= 8 and counterfactuals >= 0, got n={n}, size={size}, "
+                         f"counterfactuals={counterfactuals}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), int(seed), p, s, k, int(size), fmt) for p, s, k in _plan(int(n), int(seed))]
+    plan = _plan(int(n), int(seed))
+    jobs = [(str(out), int(seed), p, s, k, int(size), fmt, 0) for p, s, k in plan]
+    rows = _render(jobs, workers, progress)
+    splits = split_patients([r["patient_id"] for r in rows], seed=int(seed))
+    if counterfactuals:  # patient-level split first: only training patients get twins
+        twins = [(*job[:-1], t) for job in jobs if splits[f"P{job[2]:04d}"] == "train"
+                 for t in range(1, int(counterfactuals) + 1)]
+        rows += _render(twins, workers, progress)
+    cases = [Case(r["case_id"], r["patient_id"], str(out / r["image"]), r["report"], r["indication"],
+                  r["labels"], splits[r["patient_id"]], r["meta"]) for r in rows]
+    manifest = write_manifest(cases, out / "manifest.csv", labels=CT_RATE_FINDINGS)
+    natural = [c for c in cases if "counterfactual" not in c.meta]
+    info = dict(params=_params(n, seed, size, fmt, counterfactuals), n_cases=len(natural), n_patients=len(splits),
+                n_counterfactuals=len(cases) - len(natural),
+                splits={s: sum(c.split == s for c in natural) for s in ("train", "val", "test")},
+                prevalence={k: round(v, 4) for k, v in prevalence(natural).items()},
+                rendered_findings=list(RENDERED_FINDINGS), unrendered_findings=UNRENDERED_FINDINGS)
+    from medmm.io.writers import atomic_write_bytes
+
+    atomic_write_bytes(out / "synth.json", (json.dumps(info, indent=2) + "\n").encode())
+    return manifest
+
+
+def _render(jobs: list[tuple], workers: int, progress: Callable[[int], None] | None) -> list[dict]:
+    """Run `_make_case` over ``jobs`` (in ``workers`` processes when > 1), in order."""
     rows = []
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -237,25 +289,18 @@ def synthesize(
             rows.append(_make_case(job))
             if progress:
                 progress(1)
-    splits = split_patients([r["patient_id"] for r in rows], seed=int(seed))
-    cases = [Case(r["case_id"], r["patient_id"], str(out / r["image"]), r["report"], r["indication"],
-                  r["labels"], splits[r["patient_id"]], r["meta"]) for r in rows]
-    manifest = write_manifest(cases, out / "manifest.csv", labels=CT_RATE_FINDINGS)
-    info = dict(params=_params(n, seed, size, fmt), n_cases=len(cases), n_patients=len(splits),
-                splits={s: sum(c.split == s for c in cases) for s in ("train", "val", "test")},
-                prevalence={k: round(v, 4) for k, v in prevalence(cases).items()},
-                rendered_findings=list(RENDERED_FINDINGS), unrendered_findings=UNRENDERED_FINDINGS)
-    from medmm.io.writers import atomic_write_bytes
-
-    atomic_write_bytes(out / "synth.json", (json.dumps(info, indent=2) + "\n").encode())
-    return manifest
+    return rows
 
 
-def _params(n, seed, size, fmt) -> dict:
-    return dict(n=int(n), seed=int(seed), size=int(size), fmt=fmt, version=GENERATOR_VERSION)
+def _params(n, seed, size, fmt, counterfactuals=0) -> dict:
+    params = dict(n=int(n), seed=int(seed), size=int(size), fmt=fmt, version=GENERATOR_VERSION)
+    if counterfactuals:  # absent when 0, so existing caches keep their marker and folder name
+        params["counterfactuals"] = int(counterfactuals)
+    return params
 
 
-def ensure_synthetic(cache_dir: str | Path, n: int, seed: int = 0, size: int = 64, fmt: str = "nifti", **kwargs) -> Path:
+def ensure_synthetic(cache_dir: str | Path, n: int, seed: int = 0, size: int = 64, fmt: str = "nifti",
+                     counterfactuals: int = 0, **kwargs) -> Path:
     """The manifest of a synthetic data set in ``cache_dir``, generated only if not there yet.
 
     A complete generation is recognised by a marker file holding its parameters (written last,
@@ -265,15 +310,16 @@ def ensure_synthetic(cache_dir: str | Path, n: int, seed: int = 0, size: int = 6
     Returns:
         Path of the manifest.
     """
-    params = _params(n, seed, size, fmt)
+    params = _params(n, seed, size, fmt, counterfactuals)
     cache = Path(cache_dir).expanduser()
-    target = cache / f"synth_n{params['n']}_seed{params['seed']}_size{params['size']}_{fmt}_v{GENERATOR_VERSION}"
+    suffix = f"_cf{int(counterfactuals)}" if counterfactuals else ""
+    target = cache / f"synth_n{params['n']}_seed{params['seed']}_size{params['size']}_{fmt}_v{GENERATOR_VERSION}{suffix}"
     if _complete(target, params):
         return target / "manifest.csv"
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
     try:
-        synthesize(tmp, n, seed, size, fmt, **kwargs)
+        synthesize(tmp, n, seed, size, fmt, counterfactuals=counterfactuals, **kwargs)
         from medmm.io.writers import atomic_write_bytes
 
         atomic_write_bytes(tmp / MARKER, json.dumps(params, sort_keys=True).encode())

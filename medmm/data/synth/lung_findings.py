@@ -297,7 +297,8 @@ def draw_septal(canvas: Canvas, spec: dict, rng) -> None:
         return
     u, v, w = canvas.grid.axes
     pts = np.stack([u[idx[:, 0]], v[idx[:, 1]], w[idx[:, 2]]], axis=1)
-    n_seeds = max(8, int(len(pts) * np.prod(canvas.grid.spacing) / spec["cell_mm"] ** 3))
+    # at most one seed per band voxel: tiny grids (16³) have fewer band voxels than 8 cells
+    n_seeds = min(max(8, int(len(pts) * np.prod(canvas.grid.spacing) / spec["cell_mm"] ** 3)), len(pts))
     seeds = pts[rng.choice(len(pts), size=n_seeds, replace=False)] + rng.normal(0, 2.0, (n_seeds, 3))
     d, _ = cKDTree(seeds).query(pts, k=2)
     f = soft(2.2 - (d[:, 1] - d[:, 0]), canvas.grid.voxel * 0.8) * 0.9
