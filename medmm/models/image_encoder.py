@@ -102,6 +102,14 @@ def build_backbone(cfg: ImageEncoderConfig) -> tuple[nn.Module, Callable[[torch.
     raise ValueError(f"unknown image encoder {cfg.name!r}")  # unreachable: the schema restricts names
 
 
+def _standardise(norm: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, except that a one-scan training batch (the last batch of an epoch can be one)
+    uses the running statistics: batch statistics of a single sample do not exist."""
+    if norm.training and x.shape[0] == 1:
+        return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+    return norm(x)
+
+
 class ImageEncoder(nn.Module):
     """MONAI 3D CNN + pooling heads producing a pooled embedding and spatial tokens.
 
@@ -169,7 +177,7 @@ class ImageEncoder(nn.Module):
         grid = F.adaptive_avg_pool3d(cnn, self.cfg.token_grid).flatten(2).transpose(1, 2)  # [B, N, C]
         if self.histogram is not None:
             h_pools = [hist.mean(dim=(2, 3, 4))] + ([hist.amax(dim=(2, 3, 4))] if len(pools) == 2 else [])
-            pools.append(self.histogram_norm(torch.log(torch.cat(h_pools, dim=1) + HISTOGRAM_EPS)))
+            pools.append(_standardise(self.histogram_norm, torch.log(torch.cat(h_pools, dim=1) + HISTOGRAM_EPS)))
             h_grid = torch.log(F.adaptive_avg_pool3d(hist, self.cfg.token_grid).flatten(2).transpose(1, 2) + HISTOGRAM_EPS)
             h_grid = self.token_histogram_norm(h_grid.flatten(0, 1)).view_as(h_grid)
             grid = torch.cat([grid, h_grid], dim=2)

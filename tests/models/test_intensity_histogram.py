@@ -122,3 +122,12 @@ def test_values_do_not_depend_on_whether_a_gradient_is_needed():
     plain = hist(x, grid=(2, 2, 2))
     with_grad = hist(x.clone().requires_grad_(True), grid=(2, 2, 2))
     assert torch.equal(plain, with_grad.detach()) and with_grad.requires_grad
+
+
+def test_a_one_scan_training_batch_uses_the_running_statistics():
+    """The last batch of an epoch can hold one scan; BatchNorm has no batch statistics for it."""
+    enc = ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16, histogram_centres=CENTRES)).train()
+    before = enc.histogram_norm.running_mean.clone()
+    pooled, tokens = enc(torch.rand(1, 1, 64, 64, 64))
+    assert pooled.shape == (1, 16) and torch.isfinite(pooled).all()
+    assert torch.equal(enc.histogram_norm.running_mean, before)  # nothing learned from one scan
