@@ -176,7 +176,9 @@ class ImageEncoder(nn.Module):
             pools.append(cnn.amax(dim=(2, 3, 4)))
         grid = F.adaptive_avg_pool3d(cnn, self.cfg.token_grid).flatten(2).transpose(1, 2)  # [B, N, C]
         if self.histogram is not None:
-            h_pools = [hist.mean(dim=(2, 3, 4))] + ([hist.amax(dim=(2, 3, 4))] if len(pools) == 2 else [])
+            h_pools = [hist.mean(dim=(2, 3, 4))]
+            if self.cfg.global_pool == "avgmax":
+                h_pools.append(hist.amax(dim=(2, 3, 4)))
             pools.append(_standardise(self.histogram_norm, torch.log(torch.cat(h_pools, dim=1) + HISTOGRAM_EPS)))
             h_grid = torch.log(F.adaptive_avg_pool3d(hist, self.cfg.token_grid).flatten(2).transpose(1, 2) + HISTOGRAM_EPS)
             h_grid = self.token_histogram_norm(h_grid.flatten(0, 1)).view_as(h_grid)

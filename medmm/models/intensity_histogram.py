@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -35,6 +36,20 @@ def cell_index(shape: Sequence[int], grid: Sequence[int], device: torch.device |
     per_axis = [torch.div(torch.arange(n, device=device) * g, n, rounding_mode="floor") for n, g in zip(shape, grid)]
     ix, iy, iz = torch.meshgrid(*per_axis, indexing="ij")
     return ((ix * grid[1] + iy) * grid[2] + iz).flatten()
+
+
+@lru_cache(maxsize=8)
+def _cells(shape: tuple[int, ...], grid: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cell index per voxel, voxels per cell)``, cached: every training batch has the same shape."""
+    cell = cell_index(shape, grid, device)
+    return cell, torch.bincount(cell, minlength=math.prod(grid))
+
+
+def _neighbours(values: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the centre at or below each value and the value's fraction of the way to the next one
+    (values must lie within ``[centres[0], centres[-1]]``)."""
+    lower = (torch.bucketize(values.detach(), centres, right=True) - 1).clamp(0, len(centres) - 2)
+    return lower, (values - centres[lower]) / (centres[lower + 1] - centres[lower])
 
 
 class IntensityHistogram(nn.Module):
@@ -70,9 +85,8 @@ class IntensityHistogram(nn.Module):
         """``[B, C, X, Y, Z]`` image → ``[B, C * bins, *grid]`` bin fractions (each cell sums to 1 per channel)."""
         b, c = x.shape[:2]
         grid = tuple(int(g) for g in grid)
-        n_cells = grid[0] * grid[1] * grid[2]
-        cell = cell_index(x.shape[2:], grid, x.device)
-        voxels = torch.bincount(cell, minlength=n_cells).to(x.dtype).view(1, 1, n_cells, 1)
+        n_cells = math.prod(grid)
+        cell, voxels = _cells(tuple(x.shape[2:]), grid, x.device)
         lo, hi = float(self.centres[0]), float(self.centres[-1])
         with torch.no_grad():
             level = ((x.flatten(2).clamp(lo, hi) - lo) * (self.levels / (hi - lo))).round_().long()
@@ -83,16 +97,14 @@ class IntensityHistogram(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:
             exact = self._interpolated(x, cell, n_cells)
             hist = hist + (exact - exact.detach())  # values as counted, gradient of the interpolation
-        hist = hist / voxels
+        hist = hist / voxels.to(x.dtype).view(1, 1, n_cells, 1)
         return hist.permute(0, 1, 3, 2).reshape(b, c * self.bins, *grid)
 
     def _interpolated(self, x: torch.Tensor, cell: torch.Tensor, n_cells: int) -> torch.Tensor:
         """Per-voxel linear split between neighbouring centres, scatter-added per cell: ``[B, C, cells, bins]`` counts."""
         b, c = x.shape[:2]
         k, centres = self.bins, self.centres.to(x.dtype)
-        v = x.flatten(2).clamp(float(centres[0]), float(centres[-1]))  # [B, C, N]
-        lower = (torch.bucketize(v.detach(), centres, right=True) - 1).clamp(0, k - 2)
-        frac = (v - centres[lower]) / (centres[lower + 1] - centres[lower])
+        lower, frac = _neighbours(x.flatten(2).clamp(float(centres[0]), float(centres[-1])), centres)  # [B, C, N]
         target = cell * k + lower
         out = x.new_zeros(b, c, n_cells * k)
         out = out.scatter_add(2, target, 1 - frac).scatter_add(2, target + 1, frac)
@@ -101,11 +113,10 @@ class IntensityHistogram(nn.Module):
 
 def _interpolation_weights(values: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """``[len(values), bins]``: each value's linear split between its two neighbouring centres."""
-    k = len(centres)
-    lower = (torch.bucketize(values, centres, right=True) - 1).clamp(0, k - 2)
-    frac = ((values - centres[lower]) / (centres[lower + 1] - centres[lower])).clamp(0, 1)
+    lower, frac = _neighbours(values, centres)
+    frac = frac.clamp(0, 1)  # rounding at the last level
     rows = torch.arange(len(values))
-    weights = torch.zeros(len(values), k, dtype=values.dtype)
+    weights = torch.zeros(len(values), len(centres), dtype=values.dtype)
     weights[rows, lower] = 1 - frac
     weights[rows, lower + 1] += frac
     return weights
