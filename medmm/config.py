@@ -219,13 +219,20 @@ class WorkflowConfig(_Strict):
             self.inferer.roi_size = self.preprocessing.roi_size
         encoder = self.network.image_encoder
         if encoder.histogram_hu is not None:  # HU -> the intensities the network sees
-            lo, hi = self.preprocessing.hu_window
-            if self.preprocessing.clip and (encoder.histogram_hu[0] < lo or encoder.histogram_hu[-1] > hi):
-                raise ValueError(f"network.image_encoder.histogram_hu spans [{encoder.histogram_hu[0]:g}, "
-                                 f"{encoder.histogram_hu[-1]:g}] HU but preprocessing.hu_window [{lo:g}, {hi:g}] "
-                                 "clips the image to a smaller range")
-            encoder.histogram_centres = [hu_to_intensity(h, self.preprocessing) for h in encoder.histogram_hu]
+            encoder.histogram_centres = self._centres("histogram_hu", encoder.histogram_hu)
+        context = encoder.context_histogram
+        if context is not None:
+            context.centres = self._centres("context_histogram.hu", context.hu)
+            context.context_centres = self._centres("context_histogram.context_hu", context.context_hu)
         return self
+
+    def _centres(self, key: str, hu: list[float]) -> list[float]:
+        """Histogram centres in HU → network input units; an error if the window clips them."""
+        lo, hi = self.preprocessing.hu_window
+        if self.preprocessing.clip and (hu[0] < lo or hu[-1] > hi):
+            raise ValueError(f"network.image_encoder.{key} spans [{hu[0]:g}, {hu[-1]:g}] HU but "
+                             f"preprocessing.hu_window [{lo:g}, {hi:g}] clips the image to a smaller range")
+        return [hu_to_intensity(h, self.preprocessing) for h in hu]
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready dict (paths as strings, tuples as lists)."""

@@ -22,6 +22,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ContextHistogramConfig(_Strict):
+    """Joint histogram of voxel intensity and neighbourhood means (`medmm.models.context_histogram`).
+
+    ``hu`` bins each voxel's own intensity, ``context_hu`` the mean of each ``context_voxels``
+    cube around it (one joint axis per size): 8 x 9 x 9 = 648 bins for the demo. A workflow maps
+    the HU centres through its preprocessing window into ``centres`` / ``context_centres`` (input
+    units), which the encoder uses and checkpoints store.
+    """
+
+    hu: list[float]
+    context_hu: list[float]
+    context_voxels: list[int] = Field(default_factory=lambda: [3, 9], min_length=1)
+    subdivisions: int = Field(4, ge=1, le=16)
+    centres: list[float] | None = None
+    context_centres: list[float] | None = None
+
+    @field_validator("hu", "context_hu", "centres", "context_centres")
+    @classmethod
+    def _increasing(cls, v: list[float] | None) -> list[float] | None:
+        return _increasing_centres(v)
+
+    @field_validator("context_voxels")
+    @classmethod
+    def _odd(cls, v: list[int]) -> list[int]:
+        if any(s < 1 or s % 2 == 0 for s in v):
+            raise ValueError(f"context_voxels must be odd neighbourhood edges >= 1 (e.g. [3, 9]), got {v}")
+        return v
+
+
+def _increasing_centres(v: list[float] | None) -> list[float] | None:
+    if v is not None and (len(v) < 2 or any(b <= a for a, b in zip(v, v[1:]))):
+        raise ValueError(f"histogram bin centres must be >= 2 strictly increasing values, got {v}")
+    return v
+
+
 class ImageEncoderConfig(_Strict):
     """3D CNN image encoder (a MONAI network used as a fully convolutional feature extractor).
 
@@ -49,6 +84,8 @@ class ImageEncoderConfig(_Strict):
     # is what the encoder uses and what checkpoints store.
     histogram_hu: list[float] | None = None
     histogram_centres: list[float] | None = None
+    # Joint (intensity, neighbourhood mean) histogram: what surrounds each density
+    context_histogram: ContextHistogramConfig | None = None
 
     @field_validator("token_grid", mode="before")
     @classmethod
@@ -65,9 +102,7 @@ class ImageEncoderConfig(_Strict):
     @field_validator("histogram_hu", "histogram_centres")
     @classmethod
     def _increasing(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and (len(v) < 2 or any(b <= a for a, b in zip(v, v[1:]))):
-            raise ValueError(f"histogram bin centres must be >= 2 strictly increasing values, got {v}")
-        return v
+        return _increasing_centres(v)
 
     @field_validator("widths", "depth")
     @classmethod

@@ -17,6 +17,7 @@ from monai.networks import nets
 from torch import nn
 
 from medmm.models.config import ImageEncoderConfig
+from medmm.models.context_histogram import ContextHistogram
 from medmm.models.intensity_histogram import IntensityHistogram
 
 #: Added to bin fractions before the log (a single voxel of a 64³ volume is 4e-6 of it).
@@ -138,8 +139,20 @@ class ImageEncoder(nn.Module):
             # they meet the CNN features (without this the head ignores them; measured)
             self.histogram_norm = nn.BatchNorm1d(self.histogram_channels * pools)
             self.token_histogram_norm = nn.BatchNorm1d(self.histogram_channels)
+        self.context_histogram, self.context_channels = None, 0
+        ctx = cfg.context_histogram
+        if ctx is not None:
+            if ctx.centres is None or ctx.context_centres is None:
+                raise ValueError("context_histogram.hu is set but its centres are not: build the model from a "
+                                 "workflow (it maps HU through preprocessing.hu_window) or give centres and "
+                                 "context_centres in input units")
+            self.context_histogram = ContextHistogram(ctx.centres, ctx.context_centres, ctx.context_voxels,
+                                                      ctx.subdivisions)
+            self.context_channels = cfg.in_channels * self.context_histogram.bins
+            self.context_norm = nn.BatchNorm1d(self.context_channels)
         self.pool_proj = nn.Sequential(
-            nn.Dropout(cfg.dropout), nn.Linear((self.channels + self.histogram_channels) * pools, cfg.embed_dim))
+            nn.Dropout(cfg.dropout),
+            nn.Linear((self.channels + self.histogram_channels) * pools + self.context_channels, cfg.embed_dim))
         self.token_proj = nn.Linear(self.channels + self.histogram_channels, cfg.embed_dim)
         # learned position of each token in the grid, so the report generator knows "left/upper"
         self.token_pos = nn.Parameter(torch.zeros(cfg.n_tokens, cfg.embed_dim))
@@ -152,25 +165,26 @@ class ImageEncoder(nn.Module):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """Fully convolutional features ``[B, C, x, y, z]`` of an image ``[B, in, X, Y, Z]``.
 
-        With a histogram the last ``histogram_channels`` channels are each cell's intensity-bin
-        fractions, so stitching the maps of sliding windows averages them like the CNN channels.
+        After the CNN channels come, when configured, each cell's intensity-bin fractions
+        (``histogram_channels``) and joint (intensity, neighbourhood mean) bin fractions
+        (``context_channels``), so stitching the maps of sliding windows averages them like the CNN
+        channels.
         """
         if x.ndim != 5:
             raise ValueError(f"image must be [B, C, X, Y, Z], got shape {tuple(x.shape)}")
         fmap = self._features(x)
-        if self.histogram is None:
-            return fmap
-        return torch.cat([fmap, self.histogram(x, fmap.shape[2:]).to(fmap.dtype)], dim=1)
+        extra = [h(x, fmap.shape[2:]).to(fmap.dtype) for h in (self.histogram, self.context_histogram) if h is not None]
+        return torch.cat([fmap, *extra], dim=1) if extra else fmap
 
     def embed(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool a feature map into ``(pooled [B, D], tokens [B, N, D])``.
 
-        ``pooled`` is global average (optionally + max) pooling + a linear projection (with a
-        histogram: plus the standardised log bin fractions of the whole volume); ``tokens`` adaptively average
+        ``pooled`` is global average (optionally + max) pooling + a linear projection (with
+        histograms: plus their standardised log bin fractions over the whole volume); ``tokens`` adaptively average
         pools the map onto ``token_grid`` (any map size works, e.g. a stitched one) and projects
         each cell, adding a learned position embedding.
         """
-        cnn, hist = fmap[:, : self.channels], fmap[:, self.channels :]
+        cnn, hist, ctx = torch.split(fmap, [self.channels, self.histogram_channels, self.context_channels], dim=1)
         pools = [cnn.mean(dim=(2, 3, 4))]
         if self.cfg.global_pool == "avgmax":
             pools.append(cnn.amax(dim=(2, 3, 4)))
@@ -183,6 +197,8 @@ class ImageEncoder(nn.Module):
             h_grid = torch.log(F.adaptive_avg_pool3d(hist, self.cfg.token_grid).flatten(2).transpose(1, 2) + HISTOGRAM_EPS)
             h_grid = self.token_histogram_norm(h_grid.flatten(0, 1)).view_as(h_grid)
             grid = torch.cat([grid, h_grid], dim=2)
+        if self.context_histogram is not None:  # pooled embedding only: 648 bins per token would dwarf the tokens
+            pools.append(_standardise(self.context_norm, torch.log(ctx.mean(dim=(2, 3, 4)) + HISTOGRAM_EPS)))
         pooled = self.pool_proj(torch.cat(pools, dim=1))
         tokens = self.token_proj(grid) + self.token_pos
         return pooled, tokens
