@@ -57,8 +57,9 @@ def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
 @lru_cache(maxsize=16)
 def _window_counts(n: int, r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Voxels of an axis of length ``n`` inside each voxel's ``2r + 1`` window."""
-    i = torch.arange(n, device=device)
-    return ((i + r).clamp(max=n - 1) - (i - r).clamp(min=0) + 1).to(dtype)
+    with torch.inference_mode(False):  # cached: must stay usable by autograd after an inference-mode call
+        i = torch.arange(n, device=device)
+        return ((i + r).clamp(max=n - 1) - (i - r).clamp(min=0) + 1).to(dtype)
 
 
 class ContextHistogram(nn.Module):

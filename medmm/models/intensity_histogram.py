@@ -40,9 +40,13 @@ def cell_index(shape: Sequence[int], grid: Sequence[int], device: torch.device |
 
 @lru_cache(maxsize=8)
 def _cells(shape: tuple[int, ...], grid: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cell index per voxel, voxels per cell)``, cached: every training batch has the same shape."""
-    cell = cell_index(shape, grid, device)
-    return cell, torch.bincount(cell, minlength=math.prod(grid))
+    """``(cell index per voxel, voxels per cell)``, cached: every training batch has the same shape.
+
+    Built outside inference mode, so a first call under ``torch.inference_mode`` (evaluation) does
+    not leave tensors that a later attack's autograd pass cannot use."""
+    with torch.inference_mode(False):
+        cell = cell_index(shape, grid, device)
+        return cell, torch.bincount(cell, minlength=math.prod(grid))
 
 
 def _neighbours(values: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

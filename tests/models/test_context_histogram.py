@@ -202,3 +202,19 @@ def test_quantised_positions_cover_every_level():
         on_centres = weights[:: hist.subdivisions]
         torch.testing.assert_close(on_centres, torch.eye(len(centres)))
     assert list(itertools.islice(hist.shape, 2)) == [len(CENTRES), len(CONTEXT)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ContextHistogram(CENTRES, CONTEXT, [3]),
+    lambda: __import__("medmm.models.intensity_histogram", fromlist=["IntensityHistogram"]).IntensityHistogram(CENTRES),
+])
+def test_an_attack_after_an_inference_mode_call_still_gets_a_gradient(make):
+    """Evaluation runs clean scans under inference mode, then attacks them: cached helpers must not
+    hand autograd inference tensors (regression: `medmm evaluate --attack` failed)."""
+    hist = make()
+    shape = (1, 1, 7, 6, 5)  # a shape no other test caches
+    with torch.inference_mode():
+        hist(torch.rand(shape), grid=(1, 1, 1))
+    x = torch.rand(shape, requires_grad=True)
+    hist(x, grid=(1, 1, 1)).sum().backward()
+    assert x.grad is not None
