@@ -29,7 +29,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from medmm.models.intensity_histogram import _cells, _neighbours
+from medmm.models.intensity_histogram import _cells, _neighbours, as_centres, interpolation_weights
 
 #: Fine uniform levels per axis used to look up a value's quantised position between centres.
 LOOKUP_LEVELS = 8192
@@ -87,7 +87,7 @@ class ContextHistogram(nn.Module):
             raise ValueError(f"subdivisions must be >= 1, got {subdivisions}")
         self.context_sizes = [int(s) for s in context_sizes]
         self.subdivisions = int(subdivisions)
-        axes = [_as_centres(centres)] + [_as_centres(context_centres)] * len(self.context_sizes)
+        axes = [as_centres(centres).float()] + [as_centres(context_centres).float()] * len(self.context_sizes)
         for d, c in enumerate(axes):
             self.register_buffer(f"centres_{d}", c, persistent=False)
             lookup, weights = _quantiser(c, self.subdivisions)
@@ -146,13 +146,6 @@ class ContextHistogram(nn.Module):
         return out.view(b, c, n_cells, self.bins)
 
 
-def _as_centres(values: Sequence[float]) -> torch.Tensor:
-    c = torch.as_tensor(list(values), dtype=torch.float64)
-    if c.ndim != 1 or len(c) < 2 or not bool((c[1:] > c[:-1]).all()):
-        raise ValueError(f"histogram centres must be >= 2 strictly increasing values, got {list(values)}")
-    return c.float()
-
-
 def _quantiser(centres: torch.Tensor, subdivisions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Lookup from a value's fine level to its quantised position between centres, and the
     ``[positions, bins]`` linear split of each position."""
@@ -160,11 +153,6 @@ def _quantiser(centres: torch.Tensor, subdivisions: int) -> tuple[torch.Tensor, 
     levels = c[0] + torch.arange(LOOKUP_LEVELS + 1, dtype=torch.float64) * ((c[-1] - c[0]) / LOOKUP_LEVELS)
     lower, frac = _neighbours(levels, c)
     lookup = ((lower + frac.clamp(0, 1)) * subdivisions).round().int()
+    # positions are in bin coordinates (centre i at i), so their split is against centres 0, 1, ...
     positions = torch.arange((len(c) - 1) * subdivisions + 1, dtype=torch.float64) / subdivisions
-    low = positions.floor().long().clamp(max=len(c) - 2)
-    up = positions - low
-    weights = torch.zeros(len(positions), len(c), dtype=torch.float64)
-    rows = torch.arange(len(positions))
-    weights[rows, low] = 1 - up
-    weights[rows, low + 1] += up
-    return lookup, weights.float()
+    return lookup, interpolation_weights(positions, torch.arange(len(c), dtype=torch.float64)).float()

@@ -49,6 +49,14 @@ def _cells(shape: tuple[int, ...], grid: tuple[int, ...], device: torch.device) 
         return cell, torch.bincount(cell, minlength=math.prod(grid))
 
 
+def as_centres(values: Sequence[float]) -> torch.Tensor:
+    """Bin centres as a float64 tensor; an error unless they are >= 2 strictly increasing values."""
+    c = torch.as_tensor(list(values), dtype=torch.float64)
+    if c.ndim != 1 or len(c) < 2 or not bool((c[1:] > c[:-1]).all()):
+        raise ValueError(f"histogram centres must be >= 2 strictly increasing values, got {list(values)}")
+    return c
+
+
 def _neighbours(values: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the centre at or below each value and the value's fraction of the way to the next one
     (values must lie within ``[centres[0], centres[-1]]``)."""
@@ -71,15 +79,13 @@ class IntensityHistogram(nn.Module):
 
     def __init__(self, centres: Sequence[float]):
         super().__init__()
-        c = torch.as_tensor(list(centres), dtype=torch.float64)
-        if c.ndim != 1 or len(c) < 2 or not bool((c[1:] > c[:-1]).all()):
-            raise ValueError(f"histogram centres must be >= 2 strictly increasing values, got {list(centres)}")
+        c = as_centres(centres)
         self.register_buffer("centres", c.float(), persistent=False)
         # quantisation levels: >= 100 per narrowest bin, so a voxel's split is off by <= 0.5 %
         span = float(c[-1] - c[0])
         self.levels = int(min(max(4096, math.ceil(100 * span / float((c[1:] - c[:-1]).min()))), 2**20))
         grid = c[0] + torch.arange(self.levels + 1, dtype=torch.float64) * (span / self.levels)
-        self.register_buffer("level_weights", _interpolation_weights(grid, c).float(), persistent=False)
+        self.register_buffer("level_weights", interpolation_weights(grid, c).float(), persistent=False)
 
     @property
     def bins(self) -> int:
@@ -115,7 +121,7 @@ class IntensityHistogram(nn.Module):
         return out.view(b, c, n_cells, k)
 
 
-def _interpolation_weights(values: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+def interpolation_weights(values: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """``[len(values), bins]``: each value's linear split between its two neighbouring centres."""
     lower, frac = _neighbours(values, centres)
     frac = frac.clamp(0, 1)  # rounding at the last level

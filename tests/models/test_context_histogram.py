@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
@@ -14,6 +12,7 @@ from medmm.errors import MedmmConfigError
 from medmm.models import ImageEncoder, ImageEncoderConfig
 from medmm.models.config import ContextHistogramConfig
 from medmm.models.context_histogram import ContextHistogram, box_mean
+from medmm.models.intensity_histogram import IntensityHistogram
 
 CENTRES = [0.0, 0.1, 0.25, 0.5, 1.0]  # deliberately uneven spacing
 CONTEXT = [0.0, 0.2, 0.6, 1.0]
@@ -201,12 +200,12 @@ def test_quantised_positions_cover_every_level():
         torch.testing.assert_close(weights.sum(1), torch.ones(weights.shape[0]))
         on_centres = weights[:: hist.subdivisions]
         torch.testing.assert_close(on_centres, torch.eye(len(centres)))
-    assert list(itertools.islice(hist.shape, 2)) == [len(CENTRES), len(CONTEXT)]
+    assert hist.shape[:2] == (len(CENTRES), len(CONTEXT))
 
 
 @pytest.mark.parametrize("make", [
     lambda: ContextHistogram(CENTRES, CONTEXT, [3]),
-    lambda: __import__("medmm.models.intensity_histogram", fromlist=["IntensityHistogram"]).IntensityHistogram(CENTRES),
+    lambda: IntensityHistogram(CENTRES),
 ])
 def test_an_attack_after_an_inference_mode_call_still_gets_a_gradient(make):
     """Evaluation runs clean scans under inference mode, then attacks them: cached helpers must not
