@@ -167,6 +167,8 @@ class TrainingConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: Path | None = Field(None, description="for cache: disk; None = <run_dir>/cache")
+    histogram_cache_mb: int = Field(2048, ge=0, description="CPU memory for the encoder's histogram channels of "
+                                    "un-augmented images, computed once per case (0 = recompute every step)")
     label_fraction: float = Field(1.0, gt=0, le=1, description="share of train (case, label) entries BCE sees")
     threshold_rule: Literal["f1", "youden"] = "f1"
     deterministic: bool = True

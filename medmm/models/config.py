@@ -26,15 +26,26 @@ class ContextHistogramConfig(_Strict):
     """Joint histogram of voxel intensity and neighbourhood means (`medmm.models.context_histogram`).
 
     ``hu`` bins each voxel's own intensity, ``context_hu`` the mean of each ``context_voxels``
-    cube around it (one joint axis per size): 8 x 9 x 9 = 648 bins for the demo. A workflow maps
-    the HU centres through its preprocessing window into ``centres`` / ``context_centres`` (input
-    units), which the encoder uses and checkpoints store.
+    cube around it (one joint axis per size): 12 x 11 x 11 = 1452 bins for the demo. A workflow
+    maps the HU centres through its preprocessing window into ``centres`` / ``context_centres``
+    (input units), which the encoder uses and checkpoints store.
+
+    The pooled embedding gets the bins of the whole volume and, with ``central_region``, those of a
+    centred box (e.g. ``[0.5, 0.5, 1.0]``: the middle half left-right and front-back, where
+    mediastinum, hila and heart lie). The box is resolved on the histogram's cells, so it needs
+    cells finer than the CNN's: ``cell_split`` cells per feature-map cell along each axis (the
+    demo's 64³ scans have a 2³ feature map; ``cell_split: 2`` gives 4³ cells, of which the middle
+    2 x 2 x 4 form the box).
     """
 
     hu: list[float]
     context_hu: list[float]
     context_voxels: list[int] = Field(default_factory=lambda: [3, 9], min_length=1)
     subdivisions: int = Field(4, ge=1, le=16)
+    cell_split: int = Field(1, ge=1, le=4, description="histogram cells per CNN feature-map cell along each axis")
+    central_region: list[float] | None = Field(
+        None, min_length=3, max_length=3,
+        description="(x, y, z) extent, as fractions of the volume, of a centred box whose bins are pooled too")
     centres: list[float] | None = None
     context_centres: list[float] | None = None
 
@@ -42,6 +53,13 @@ class ContextHistogramConfig(_Strict):
     @classmethod
     def _increasing(cls, v: list[float] | None) -> list[float] | None:
         return _increasing_centres(v)
+
+    @field_validator("central_region")
+    @classmethod
+    def _fractions(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(0 < f <= 1 for f in v):
+            raise ValueError(f"central_region must be three fractions in (0, 1], got {v}")
+        return v
 
     @field_validator("context_voxels")
     @classmethod

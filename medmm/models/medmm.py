@@ -9,7 +9,7 @@ with a classification loss on :meth:`MedMM.classify` (owned by ``medmm.training`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -65,9 +65,11 @@ class MedMM(nn.Module):
     def uses_text(self) -> bool:
         return self.text_encoder is not None
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Fully convolutional image features ``[B, C, x, y, z]`` of ``x [B, 1, X, Y, Z]``."""
-        return self.image_encoder.feature_map(x)
+    def feature_map(self, x: torch.Tensor,
+                    histograms: Callable[[tuple[int, ...]], torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Fully convolutional image features ``[B, C, x, y, z]`` of ``x [B, 1, X, Y, Z]``
+        (``histograms``: precomputed histogram channels, see `ImageEncoder.feature_map`)."""
+        return self.image_encoder.feature_map(x, histograms)
 
     def embed(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(pooled [B, D], tokens [B, N, D])`` of a (possibly stitched) feature map."""

@@ -29,6 +29,7 @@ from medmm.config import WorkflowConfig, load_workflow
 from medmm.errors import MedmmConfigError
 from medmm.training import distributed, rundir
 from medmm.training.adversarial import perturb
+from medmm.training.histogram_cache import HistogramCache
 from medmm.training.losses import label_fraction_mask, masked_bce, resolve_pos_weight
 from medmm.training.optim import build_optimizer, build_scheduler
 from medmm.training.validation import choose_thresholds, fusion_texts, predict, validation_metrics
@@ -183,6 +184,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # histogram channels of images that are the same every epoch (medmm.training.histogram_cache)
+        budget = t.histogram_cache_mb * 2**20
+        fixed_train = budget > 0 and not cfg.preprocessing.augmentation.enabled
+        self.train_histograms = HistogramCache(self.model.image_encoder, budget // 2) if fixed_train else None
+        self.val_histograms = HistogramCache(self.model.image_encoder, budget // 2) if budget > 0 else None
 
     def _resolve_report_vocabulary(self, train_cases: list[Any]) -> None:
         """Fill ``network.report_generator.vocab_ids`` with the tokens of the training reports
@@ -269,7 +275,7 @@ class Trainer:
                 t2 = time.perf_counter()
                 self._clear_text_cache()
                 pred = predict(self.model, self._eval_loader(self.val_set), self.device,
-                               t.text.use_generated_report, t.text.use_indication, self.amp)
+                               t.text.use_generated_report, t.text.use_indication, self.amp, self.val_histograms)
                 val = validation_metrics(pred, self.labels, self.eval_labels, self.constraints)
                 thresholds = choose_thresholds(pred["labels"], pred["probs"], self.labels, t.threshold_rule)
                 score = val["val_macro_auroc"] if val["val_macro_auroc"] is not None else -val["val_bce"]
@@ -425,7 +431,9 @@ class Trainer:
                 text_emb = model.encode_text(texts)
             if adversarial:
                 x = self._adversarial(x, y, mask, text_emb)
-            pooled, tokens = model.embed(model.feature_map(x))
+            cached = None if adversarial or self.train_histograms is None else \
+                self.train_histograms.lookup(x, batch["case_id"])
+            pooled, tokens = model.embed(model.feature_map(x, cached))
             logits = model.classify(pooled, text_emb, tokens).float()
             bce = masked_bce(logits, y, mask, self.pos_weight)
             kr = knowledge_loss(torch.sigmoid(logits), self.constraints, cfg.ontology.kr_form)

@@ -38,8 +38,11 @@ def fusion_texts(reports: Sequence[str] | None, indications: Sequence[str], use_
 
 @torch.no_grad()
 def predict(model: Any, loader: Any, device: torch.device, use_generated_report: bool = True,
-            use_indication: bool = True, amp: bool = False) -> dict[str, Any]:
+            use_indication: bool = True, amp: bool = False, histograms: Any = None) -> dict[str, Any]:
     """Probabilities, labels and generated reports for every item of ``loader``.
+
+    ``histograms``: an optional `medmm.training.histogram_cache.HistogramCache` for the loader's
+    (fixed) images, so repeated validation computes the encoder's histograms once per case.
 
     Returns:
         ``{"probs": [N, L] float64, "labels": [N, L] (1/0/-1), "logits": [N, L], "case_ids": [...],
@@ -51,7 +54,8 @@ def predict(model: Any, loader: Any, device: torch.device, use_generated_report:
     for batch in loader:
         x = batch["image"].to(device)
         with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
-            pooled, tokens = model.embed(model.feature_map(x))
+            cached = None if histograms is None else histograms.lookup(x, batch["case_id"])
+            pooled, tokens = model.embed(model.feature_map(x, cached))
             reports = model.generate_reports(tokens) if use_generated_report else [""] * x.shape[0]
             texts = fusion_texts(reports, batch["indication"], use_generated_report, use_indication)
             text_emb = model.encode_text(texts) if model.uses_text else None

@@ -214,11 +214,13 @@ def test_round_trip_keeps_the_intensity_histogram(tiny_config, image, tmp_path):
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
-def test_round_trip_keeps_the_context_histogram(tiny_config, image, tmp_path):
-    """Joint-histogram centres and neighbourhoods live in the stored config, its normaliser in the weights."""
+@pytest.mark.parametrize("regions", [{}, {"cell_split": 2, "central_region": [0.5, 0.5, 1.0]}])
+def test_round_trip_keeps_the_context_histogram(tiny_config, image, tmp_path, regions):
+    """Joint-histogram centres, neighbourhoods and regions live in the stored config, its normaliser
+    in the weights."""
     torch.manual_seed(0)
     context = {"hu": [-1000, 0, 1000], "context_hu": [-1000, 0], "context_voxels": [3, 5],
-               "centres": [0.0, 0.5, 1.0], "context_centres": [0.0, 0.5]}
+               "centres": [0.0, 0.5, 1.0], "context_centres": [0.0, 0.5], **regions}
     model = _trained(MedMM(tiny_config(image={"context_histogram": context}), LABELS), image)
     save_checkpoint(model, tmp_path, "best")
     assert any(k.startswith("image_encoder.context_norm.") for k in _keys(tmp_path / "best.safetensors"))
@@ -226,5 +228,6 @@ def test_round_trip_keeps_the_context_histogram(tiny_config, image, tmp_path):
     loaded, meta = load_checkpoint(tmp_path, "best")
     assert meta["model"]["image_encoder"]["context_histogram"]["context_voxels"] == [3, 5]
     assert loaded.image_encoder.context_histogram.shape == (3, 2, 2)
+    assert meta["model"]["image_encoder"]["context_histogram"].get("central_region") == regions.get("central_region")
     got = _outputs(loaded, image)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])

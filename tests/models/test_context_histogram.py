@@ -12,6 +12,7 @@ from medmm.errors import MedmmConfigError
 from medmm.models import ImageEncoder, ImageEncoderConfig
 from medmm.models.config import ContextHistogramConfig
 from medmm.models.context_histogram import ContextHistogram, box_mean
+from medmm.models.image_encoder import HISTOGRAM_EPS, central_mean, pack_cells, unpack_cells
 from medmm.models.intensity_histogram import IntensityHistogram
 
 CENTRES = [0.0, 0.1, 0.25, 0.5, 1.0]  # deliberately uneven spacing
@@ -217,3 +218,95 @@ def test_an_attack_after_an_inference_mode_call_still_gets_a_gradient(make):
     x = torch.rand(shape, requires_grad=True)
     hist(x, grid=(1, 1, 1)).sum().backward()
     assert x.grad is not None
+
+
+def test_packed_cells_round_trip_and_keep_their_feature_map_cell():
+    x = torch.rand(2, 3, 4, 6, 8, generator=torch.Generator().manual_seed(0))
+    packed = pack_cells(x, 2)
+    assert packed.shape == (2, 24, 2, 3, 4)
+    assert torch.equal(unpack_cells(packed, 2), x)
+    # the 8 channels of feature-map cell (1, 2, 3) are the fine cells inside it
+    torch.testing.assert_close(packed[:, :, 1, 2, 3].view(2, 3, 8), x[:, :, 2:4, 4:6, 6:8].reshape(2, 3, 8))
+    assert pack_cells(x, 1) is x and unpack_cells(x, 1) is x
+
+
+def test_central_mean_pools_the_centred_box():
+    x = torch.rand(1, 2, 4, 6, 5, generator=torch.Generator().manual_seed(0))
+    # 4 cells: centres 1/8, 3/8, 5/8, 7/8 -> the middle half keeps cells 1-2; 6 cells keep 1-4; z: all
+    expected = x[:, :, 1:3, 1:5, :].mean(dim=(2, 3, 4))
+    torch.testing.assert_close(central_mean(x, [0.5, 0.5, 1.0]), expected)
+    # a box narrower than one cell keeps the middle cell
+    torch.testing.assert_close(central_mean(x, [0.01, 0.01, 0.01]), x[:, :, 2, 3, 2])
+
+
+def _central_encoder(split: int) -> ImageEncoder:
+    torch.manual_seed(0)
+    ctx = _context_cfg().model_copy(update={"cell_split": split, "central_region": [0.5, 0.5, 1.0]})
+    return ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16, context_histogram=ctx)).eval()
+
+
+def test_split_cells_are_the_histogram_of_the_finer_grid():
+    enc, x = _central_encoder(2), torch.rand(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fmap = enc.feature_map(x)
+        fine = enc.context_histogram(x, (4, 4, 4))
+    assert enc.context_channels == 8 * enc.context_bins and fmap.shape[1] == enc.channels + enc.context_channels
+    torch.testing.assert_close(unpack_cells(fmap[:, enc.channels:], 2), fine)
+
+
+def test_central_region_pools_see_a_central_change_more_than_a_peripheral_one():
+    """Soft tissue added in the middle moves the central pool; the same amount at the edge does not."""
+    enc = _central_encoder(2)
+    x = torch.zeros(1, 1, 64, 64, 64)
+    central, edge = x.clone(), x.clone()
+    central[0, 0, 28:36, 28:36, 28:36] = 0.25
+    edge[0, 0, 4:12, 4:12, 28:36] = 0.25  # away from the border: same neighbourhoods as the central blob
+    with torch.no_grad():
+        cells = [unpack_cells(enc.feature_map(v)[:, enc.channels:], 2) for v in (x, central, edge)]
+    whole = [c.mean(dim=(2, 3, 4)) for c in cells]
+    middle = [central_mean(c, [0.5, 0.5, 1.0]) for c in cells]
+    torch.testing.assert_close(whole[1], whole[2])  # same voxels changed, same whole-volume histogram
+    assert not torch.allclose(middle[1], middle[0]) and torch.allclose(middle[2], middle[0])
+    pooled, tokens = enc(central)
+    assert pooled.shape == (1, 16) and enc.context_norm.num_features == 2 * enc.context_bins
+
+
+def test_central_region_must_be_three_fractions():
+    for bad in ([0.5, 0.5], [0.5, 0.0, 1.0], [0.5, 1.5, 1.0]):
+        with pytest.raises(ValueError, match="central_region"):
+            ContextHistogramConfig(hu=[0, 1], context_hu=[0, 1], central_region=bad)
+
+
+def test_histogram_normalisers_average_every_batch_seen():
+    """Histogram features do not depend on trained weights: the normaliser's running mean is the
+    plain mean over all training batches, not an exponential average of the last few."""
+    enc = ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16, histogram_centres=CENTRES,
+                                          context_histogram=_context_cfg())).train()
+    batches = [torch.rand(2, 1, 64, 64, 64, generator=torch.Generator().manual_seed(i)) * (0.2 + 0.2 * i)
+               for i in range(3)]
+    seen = []
+    for x in batches:
+        fmap = enc.feature_map(x)
+        ctx = fmap[:, enc.channels + enc.histogram_channels:]
+        seen.append(torch.log(ctx.mean(dim=(2, 3, 4)) + HISTOGRAM_EPS).mean(0))
+        enc.embed(fmap)
+    for norm in (enc.context_norm, enc.histogram_norm, enc.token_histogram_norm):
+        assert norm.momentum is None and int(norm.num_batches_tracked) == 3
+    torch.testing.assert_close(enc.context_norm.running_mean, torch.stack(seen).mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_training_standardises_with_the_running_statistics_not_the_batch():
+    """Like inference: a scan's standardised features do not depend on the other scans of its
+    batch beyond their share of the running average."""
+    from medmm.models.image_encoder import _fixed_input_norm, _standardise
+
+    norm = _fixed_input_norm(4).train()
+    gen = torch.Generator().manual_seed(0)
+    history = [torch.randn(8, 4, generator=gen) * 3 + 1 for _ in range(5)]
+    for batch in history:
+        out = _standardise(norm, batch)
+    seen = torch.cat(history)
+    torch.testing.assert_close(norm.running_mean, seen.mean(0), rtol=1e-5, atol=1e-5)
+    expected = (history[-1] - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, (history[-1] - history[-1].mean(0)) / history[-1].std(0, unbiased=False))
