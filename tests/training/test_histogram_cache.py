@@ -89,6 +89,7 @@ def _histogram_workflow(manifest, **extra):
         "training.epochs": 2, **extra})
 
 
+@pytest.mark.slow
 def test_training_with_the_cache_matches_training_without_it(tiny_manifest, tmp_path, monkeypatch):
     images_histogrammed = []
     original = ImageEncoder.histogram_maps
@@ -110,3 +111,25 @@ def test_training_with_the_cache_matches_training_without_it(tiny_manifest, tmp_
     for ra, rb in zip(a, b):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
         assert ra["val_bce"] == pytest.approx(rb["val_bce"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_with_cached_histograms_matches_an_uninterrupted_run(tiny_manifest, tmp_path, monkeypatch):
+    """The cache starts empty after a resume and the normalisers' cumulative averages continue
+    from the checkpoint: the resumed run writes the same metrics as the straight one."""
+    from medmm.training.engine import Trainer
+
+    straight = train(_histogram_workflow(tiny_manifest), run_dir=tmp_path / "straight", verbose=False)
+    original = Trainer._train_epoch
+
+    def interrupt_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_histogram_workflow(tiny_manifest), run_dir=tmp_path / "r", verbose=False)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    train(None, run_dir=tmp_path / "r", resume=True, verbose=False)
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == (straight.run_dir / "metrics.jsonl").read_text()
