@@ -246,7 +246,7 @@ class ImageEncoder(nn.Module):
         fmap = self._features(x)
         grid = tuple(fmap.shape[2:])
         extra = histograms(grid) if histograms is not None else self.histogram_maps(x, grid)
-        return fmap if extra is None else torch.cat([fmap, extra.to(device=fmap.device, dtype=fmap.dtype)], dim=1)
+        return fmap if extra is None else torch.cat([fmap, extra.to(fmap.dtype)], dim=1)
 
     def embed(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool a feature map into ``(pooled [B, D], tokens [B, N, D])``.

@@ -11,7 +11,7 @@ from medmm.training import train
 from medmm.training.histogram_cache import HistogramCache
 from medmm.training.rundir import read_jsonl
 
-from training_helpers import tiny_workflow
+from training_helpers import interrupt_then_resume, tiny_workflow
 
 CENTRES = [0.0, 0.1, 0.25, 0.5, 1.0]
 
@@ -117,19 +117,7 @@ def test_training_with_the_cache_matches_training_without_it(tiny_manifest, tmp_
 def test_resume_with_cached_histograms_matches_an_uninterrupted_run(tiny_manifest, tmp_path, monkeypatch):
     """The cache starts empty after a resume and the normalisers' cumulative averages continue
     from the checkpoint: the resumed run writes the same metrics as the straight one."""
-    from medmm.training.engine import Trainer
-
     straight = train(_histogram_workflow(tiny_manifest), run_dir=tmp_path / "straight", verbose=False)
-    original = Trainer._train_epoch
-
-    def interrupt_in_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", interrupt_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(_histogram_workflow(tiny_manifest), run_dir=tmp_path / "r", verbose=False)
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
-    train(None, run_dir=tmp_path / "r", resume=True, verbose=False)
+    _, _, resumed = interrupt_then_resume(_histogram_workflow(tiny_manifest), tmp_path / "r", monkeypatch)
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2]
     assert (tmp_path / "r" / "metrics.jsonl").read_text() == (straight.run_dir / "metrics.jsonl").read_text()

@@ -13,7 +13,7 @@ from medmm.errors import MedmmConfigError, MedmmInputError
 from medmm.training import hash_patient_id, train
 from medmm.training.rundir import read_jsonl
 
-from training_helpers import TINY_LABELS, tiny_workflow
+from training_helpers import TINY_LABELS, interrupt_then_resume, tiny_workflow
 
 RUN_FILES = ["workflow.yaml", "medmm.json", "best.safetensors", "last.safetensors", "metrics.jsonl",
              "timing.jsonl", "state.json", "state.safetensors", "model_card.md"]
@@ -72,28 +72,12 @@ def test_same_seed_gives_identical_metrics(one_epoch_run, tiny_manifest, tmp_pat
 
 @pytest.mark.slow
 def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tiny_manifest, tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
-    from medmm.training.engine import Trainer
-
     wf = tiny_workflow(tiny_manifest, **{"training.epochs": 3,
                                          "training.adversarial": {"method": "pgd", "fraction": 0.5}})
     straight = train(wf, run_dir=tmp_path / "straight", verbose=False)
-    original = Trainer._train_epoch
-
-    def interrupt_in_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", interrupt_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(wf, run_dir=tmp_path / "r", verbose=False)
-    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    state, weights, resumed = interrupt_then_resume(wf, tmp_path / "r", monkeypatch)
     assert state["interrupted"] is True and state["epoch"] == 1
-    assert load_file(str(tmp_path / "r" / "last.safetensors"))  # a complete safetensors checkpoint
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
-    resumed = train(None, run_dir=tmp_path / "r", resume=True, verbose=False)
+    assert weights  # a complete safetensors checkpoint
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
     assert (tmp_path / "r" / "metrics.jsonl").read_text() == (straight.run_dir / "metrics.jsonl").read_text()
     assert any(r["train_adv_fraction"] > 0 for r in straight.metrics)  # adversarial batches took part

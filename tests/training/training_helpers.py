@@ -73,3 +73,34 @@ def tiny_workflow(manifest: Path, **extra) -> dict:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return wf
+
+
+def interrupt_then_resume(workflow: dict, run_dir: Path, monkeypatch):
+    """Train ``workflow`` into ``run_dir`` with a Ctrl-C at the start of its second epoch, then
+    ``--resume`` it to the end.
+
+    Returns ``(state, weights, run)``: the interrupted run's ``state.json`` and its
+    ``last.safetensors`` tensors (both read before resuming), and the resumed `Run`.
+    """
+    import json
+
+    import pytest
+    from safetensors.torch import load_file
+
+    from medmm.training import train
+    from medmm.training.engine import Trainer
+
+    original = Trainer._train_epoch
+
+    def interrupt_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(workflow, run_dir=run_dir, verbose=False)
+    state = json.loads((run_dir / "state.json").read_text())
+    weights = load_file(str(run_dir / "last.safetensors"))
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    return state, weights, train(None, run_dir=run_dir, resume=True, verbose=False)
