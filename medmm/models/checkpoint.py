@@ -233,6 +233,9 @@ def load_checkpoint(
 
     model = MedMM(config, labels)
     tensors = load_file(str(path), device="cpu")
+    from medmm.deploy.loading import runtime_model, split_checkpoint  # hook: compressed run dirs (medmm.deploy)
+
+    tensors, ptq_state = split_checkpoint(tensors)
     try:
         result = model.load_state_dict(tensors, strict=False)
     except RuntimeError as err:
@@ -249,4 +252,5 @@ def load_checkpoint(
     ]
     if missing:
         raise MedmmInputError(path, f"missing weights {missing[:3]} (of {len(missing)}) for the stored model config")
+    model = runtime_model(model, ptq_state, meta)  # hook: int8 kernels of a quantised run (medmm.deploy)
     return model.to(map_location).eval(), (meta or dict(info))

@@ -1,0 +1,192 @@
+"""`compress_run`: a trained run dir → a new, smaller/faster run dir that loads like any other.
+
+Steps, each optional and recorded in the new run's ``model_history`` (`medmm.deploy.provenance`):
+prune (structured or unstructured) → fine-tune and/or distil from a teacher with the run's own
+workflow (`medmm.deploy.finetuning`) → int8 (`medmm.deploy.quantization`, calibrated on training
+scans) → write ``best.safetensors`` + ``medmm.json``. When no fine-tuning re-chose them, the
+per-finding thresholds are re-chosen for the compressed model on the validation split (the rule
+training used), never on test data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmm.deploy import provenance
+from medmm.errors import MedmmConfigError, MedmmInputError
+
+
+def _load_source(run_dir: Path) -> tuple[Any, dict[str, Any], str]:
+    from medmm.models import load_checkpoint
+
+    if not (run_dir / "medmm.json").is_file():
+        raise MedmmInputError(run_dir, "not a medmm run directory (no medmm.json)")
+    name = "best" if (run_dir / "best.safetensors").is_file() else "last"
+    model, meta = load_checkpoint(run_dir, name)
+    if any(h.get("action") == "quantised" for h in provenance.history(meta)):
+        raise MedmmInputError(run_dir, "is already int8-quantised; compress its fp32 source run instead")
+    return model, meta, name
+
+
+def _run_id(run_dir: Path, meta: dict[str, Any], checkpoint: str) -> str:
+    from medmm.inference.predictor import _weights_id
+
+    return f"{meta.get('name') or run_dir.name}@{_weights_id(run_dir, checkpoint)}"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _rewrite_int8(weights: Path, ptq_state: dict[str, torch.Tensor]) -> int:
+    """Re-store a saved checkpoint's weights as int8 + scales, with the PTQ state; returns #tensors."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from medmm.deploy.quantization import PTQ_PREFIX, encode_int8
+
+    with safe_open(str(weights), framework="pt") as handle:
+        header = dict(handle.metadata() or {})
+    tensors = encode_int8(load_file(str(weights)))
+    tensors.update({PTQ_PREFIX + k: v.contiguous() for k, v in ptq_state.items()})
+    fd, tmp = tempfile.mkstemp(dir=weights.parent, prefix=f".{weights.name}.", suffix=".tmp")
+    os.close(fd)
+    save_file(tensors, tmp, metadata=header)
+    os.replace(tmp, weights)
+    return len(tensors)
+
+
+def _rechoose_thresholds(out: Path, workflow: Any) -> dict[str, float]:
+    """Thresholds of the compressed model on the validation split (the run's threshold rule)."""
+    import numpy as np
+
+    from medmm.deploy.run_data import preprocessed, split_of
+    from medmm.inference import load_model
+    from medmm.training.validation import choose_thresholds
+
+    predictor = load_model(out, device="cpu")
+    cases = split_of(workflow, "val")
+    probs = []
+    for case in cases:
+        probs.append(predictor.predict_tensor(preprocessed(workflow, case), [case.indication]).probs_raw[0].numpy())
+    labels = np.array([[int((c.labels or {}).get(l, -1)) for l in predictor.labels] for c in cases])
+    return choose_thresholds(labels, np.stack(probs), predictor.labels, workflow.training.threshold_rule)
+
+
+def compress_run(run_dir: str | Path, out: str | Path, prune: float | None = None, prune_kind: str = "structured",
+                 quantize: str | None = None, finetune_epochs: int = 0, distill_from: str | Path | None = None,
+                 calibration_scans: int = 32, lr_scale: float = 0.1, teacher_weight: float = 0.5,
+                 verbose: bool = True) -> Path:
+    """Write a compressed copy of ``run_dir`` into ``out`` (see module docstring); returns ``out``.
+
+    Raises:
+        MedmmInputError: ``run_dir``/``distill_from`` is not a run, ``out`` is not empty.
+        MedmmConfigError: nothing to do, an unsupported backbone or combination.
+    """
+    from medmm.deploy.finetuning import finetune, teacher_probabilities
+    from medmm.deploy.pruning import backbone_widths, structured_prune, unstructured_prune
+    from medmm.deploy.run_data import run_workflow, split_of
+    from medmm.models import save_checkpoint
+
+    run_dir, out = Path(run_dir), Path(out)
+    if prune is None and quantize is None and not finetune_epochs and distill_from is None:
+        raise MedmmConfigError("medmm compress", "nothing to do: give --prune, --quantize, --finetune-epochs or --distill-from")
+    if distill_from is not None and not finetune_epochs:
+        raise MedmmConfigError("--distill-from", "distillation trains the student: give --finetune-epochs N (N >= 1)")
+    if quantize not in (None, "int8"):
+        raise MedmmConfigError("--quantize", f"only int8 is supported, got {quantize!r}")
+    if prune_kind not in ("structured", "unstructured"):
+        raise MedmmConfigError("--prune-kind", f"must be structured or unstructured, got {prune_kind!r}")
+    if out.exists() and any(out.iterdir()):
+        raise MedmmInputError(out, "output folder exists and is not empty; choose a new folder")
+    model, meta, checkpoint = _load_source(run_dir)
+    workflow = run_workflow(meta, str(run_dir / "medmm.json"))
+    source_id = _run_id(run_dir, meta, checkpoint)
+    entries: list[dict[str, Any]] = []
+
+    if prune is not None:
+        if prune_kind == "structured":
+            before = backbone_widths(model.image_encoder)
+            model = structured_prune(model, prune)
+            entries.append(provenance.entry("pruned", kind="structured", ratio=prune, widths_before=before,
+                                            widths_after=backbone_widths(model.image_encoder), source=source_id))
+        else:
+            model, stats = unstructured_prune(model, prune)
+            entries.append(provenance.entry("pruned", kind="unstructured", ratio=prune, source=source_id, **stats))
+
+    trained = False
+    if finetune_epochs:
+        soft = None
+        if distill_from is not None:
+            from medmm.inference import load_model
+
+            teacher = load_model(distill_from, device="cpu")
+            soft = teacher_probabilities(teacher, split_of(workflow, "train"), workflow)
+        if prune_kind == "unstructured" and prune is not None:
+            raise MedmmConfigError("--finetune-epochs", "fine-tuning would refill the zeroed weights of "
+                                   "unstructured pruning; fine-tune structured-pruned models only")
+        finetune(model, workflow, out, finetune_epochs, lr_scale, soft, teacher_weight, verbose)
+        from medmm.models import load_checkpoint
+
+        model, trained_meta = load_checkpoint(out, "best")
+        meta = {**meta, **{k: trained_meta[k] for k in ("thresholds", "metrics", "best_epoch", "last_epoch") if k in trained_meta}}
+        if distill_from is not None:
+            entries.append(provenance.entry("distilled", teacher=teacher.model_id, epochs=finetune_epochs,
+                                            teacher_weight=teacher_weight, lr_scale=lr_scale))
+        else:
+            entries.append(provenance.entry("finetuned", epochs=finetune_epochs, lr_scale=lr_scale))
+        trained = True
+
+    ptq_state: dict[str, torch.Tensor] = {}
+    if quantize == "int8":
+        from medmm.deploy.quantization import calibrate_backbone
+
+        ptq_state, n_cal = calibrate_backbone(model.image_encoder, _calibration(workflow, calibration_scans))
+        entries.append(provenance.entry("quantised", conv="static_int8_fx_x86", linear="dynamic_int8",
+                                        weights_stored="int8_per_row_symmetric", calibration_scans=n_cal,
+                                        calibration_split="train"))
+
+    new_meta = dict(meta)
+    workflow_dict = dict(new_meta.get("workflow") or {})
+    workflow_dict["network"] = model.config.model_dump(mode="json")
+    new_meta.update(workflow=workflow_dict, name=f"{meta.get('name') or run_dir.name}-compressed",
+                    model_history=provenance.extend(meta, entries))
+    out.mkdir(parents=True, exist_ok=True)
+    weights = save_checkpoint(model, out, "best", new_meta)
+    if quantize == "int8":
+        n_tensors = _rewrite_int8(weights, ptq_state)
+        stored = json.loads((out / "medmm.json").read_text(encoding="utf-8"))
+        stored["checkpoints"]["best"]["n_tensors"] = n_tensors
+        _atomic_write_text(out / "medmm.json", json.dumps(stored, indent=2) + "\n")
+    _drop_training_state(out)
+    if not trained:
+        stored = json.loads((out / "medmm.json").read_text(encoding="utf-8"))
+        stored["thresholds"] = _rechoose_thresholds(out, workflow)
+        stored["model_history"][-1]["details"]["thresholds"] = "re-chosen on the validation split"
+        _atomic_write_text(out / "medmm.json", json.dumps(stored, indent=2) + "\n")
+    return out
+
+
+def _drop_training_state(out: Path) -> None:
+    """A compressed run is a deployment artefact: keep only ``best`` (a fine-tuning's ``last`` and
+    resume state would describe an un-quantised model under the quantised run's metadata)."""
+    for name in ("last.safetensors", "state.safetensors", "state.json"):
+        (out / name).unlink(missing_ok=True)
+    stored = json.loads((out / "medmm.json").read_text(encoding="utf-8"))
+    stored["checkpoints"] = {k: v for k, v in (stored.get("checkpoints") or {}).items() if k == "best"}
+    _atomic_write_text(out / "medmm.json", json.dumps(stored, indent=2) + "\n")
+
+
+def _calibration(workflow: Any, n: int):
+    from medmm.deploy.run_data import calibration_images
+
+    return calibration_images(workflow, n)
