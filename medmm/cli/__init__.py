@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "infer": ("medmm.cli.infer", "infer", "Diagnose a scan (or a batch) with a trained model."),
     "evaluate": ("medmm.cli.evaluate", "evaluate", "Evaluate a trained model on a manifest."),
     "demo": ("medmm.cli.demo", "demo", "Synthetic data -> train -> infer, end to end."),
+    "compress": ("medmm.cli.compress", "compress", "Prune / distil / int8-quantise a run into a new run dir."),
+    "export": ("medmm.cli.export", "export", "Export a run as ONNX, TorchScript or a MONAI bundle."),
 }
 
 

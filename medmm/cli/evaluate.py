@@ -44,4 +44,8 @@ def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attack
     metrics = run_evaluation(run_dir, manifest, split=split, out=out, attack=list(attacks), eps_hu=eps_hu,
                              n_bootstrap=n_bootstrap, seed=seed, pgd_steps=pgd_steps, device=device)
     click.echo(terminal_table(metrics))
+    from medmm.deploy.provenance import describe_run  # hook: what was done to the model (medmm.deploy)
+
+    for line in describe_run(run_dir):
+        click.echo(f"model history: {line}")
     click.echo(f"wrote {', '.join(metrics['files'])} to {out}")

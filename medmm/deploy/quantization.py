@@ -8,9 +8,10 @@ Runtime (`attach_runtime`), CPU only:
 
 - 3D convolutions of the image backbone: static post-training quantisation with PyTorch's FX
   flow (``prepare_fx`` → calibration on training scans → ``convert_fx``, ``x86`` engine: per-channel
-  int8 weights, uint8 activations from histogram observers). The observers' calibrated state is
-  stored as tensors (``deploy.ptq.*``), so loading re-runs ``prepare_fx`` on the rebuilt float
-  backbone, restores that state and converts — no pickle, the same int8 graph every time.
+  int8 weights, uint8 activations from histogram observers). Each activation observer's calibrated
+  scale and zero point are stored as tensors (``deploy.ptq.*``), so loading re-runs ``prepare_fx``
+  on the rebuilt float backbone, gives the observers those qparams and converts — no pickle, the
+  same int8 graph every time.
   Measured on this CPU: ONNX Runtime's static quantiser has no fast int8 Conv3d kernel (7x slower
   than its fp32 graph), the FX ``x86`` flow is the one that runs fast (benchmarks/compress.py).
 - ``nn.Linear`` layers of the text encoder and the report LM: dynamic int8 (``quantize_dynamic``).
@@ -89,8 +90,26 @@ def _prepared(encoder: nn.Module, example: torch.Tensor) -> nn.Module:
         return prepare_fx(BackboneFeatures(encoder).eval(), get_default_qconfig_mapping(ENGINE), (example,))
 
 
+def _observers(prepared: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in prepared.named_modules() if name.startswith("activation_post_process")}
+
+
 def _observer_state(prepared: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in prepared.state_dict().items() if "activation_post_process" in k}
+    """Each activation observer's calibrated ``(scale, zero_point)``: all that conversion needs
+    (the histograms behind them would add ~8 KB per observer)."""
+    state: dict[str, torch.Tensor] = {}
+    for name, observer in _observers(prepared).items():
+        scale, zero_point = observer.calculate_qparams()
+        state[f"{name}.scale"] = scale.detach().float().reshape(-1).clone()
+        state[f"{name}.zero_point"] = zero_point.detach().to(torch.int64).reshape(-1).clone()
+    return state
+
+
+def _fixed_qparams(scale: torch.Tensor, zero_point: torch.Tensor):
+    def calculate_qparams() -> tuple[torch.Tensor, torch.Tensor]:
+        return scale.reshape(()) if scale.numel() == 1 else scale, zero_point.reshape(()) if zero_point.numel() == 1 else zero_point
+
+    return calculate_qparams
 
 
 def calibrate_backbone(encoder: nn.Module, images: Iterable[torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
@@ -118,11 +137,13 @@ def quantised_backbone(encoder: nn.Module, state: Mapping[str, torch.Tensor]) ->
 
     roi = 32
     prepared = _prepared(encoder, torch.zeros(1, encoder.cfg.in_channels, roi, roi, roi))
-    expected = set(_observer_state(prepared))
+    observers = _observers(prepared)
+    expected = {f"{name}.{part}" for name in observers for part in ("scale", "zero_point")}
     if set(state) != expected:
         raise MedmmInputError(None, f"stored int8 calibration has {len(state)} entries, the backbone needs "
                               f"{len(expected)}; the checkpoint does not match its model config")
-    prepared.load_state_dict(dict(state), strict=False)
+    for name, observer in observers.items():  # conversion asks each observer for its qparams: the stored ones
+        observer.calculate_qparams = _fixed_qparams(state[f"{name}.scale"], state[f"{name}.zero_point"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return convert_fx(prepared).eval()
