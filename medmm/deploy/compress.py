@@ -69,17 +69,17 @@ def _rechoose_thresholds(out: Path, workflow: Any) -> dict[str, float]:
     """Thresholds of the compressed model on the validation split (the run's threshold rule)."""
     import numpy as np
 
-    from medmm.deploy.run_data import preprocessed, split_of
+    from medmm.deploy.finetuning import run_probabilities
+    from medmm.deploy.run_data import split_of
     from medmm.inference import load_model
     from medmm.training.validation import choose_thresholds
 
     predictor = load_model(out, device="cpu")
     cases = split_of(workflow, "val")
-    probs = []
-    for case in cases:
-        probs.append(predictor.predict_tensor(preprocessed(workflow, case), [case.indication]).probs_raw[0].numpy())
-    labels = np.array([[int((c.labels or {}).get(l, -1)) for l in predictor.labels] for c in cases])
-    return choose_thresholds(labels, np.stack(probs), predictor.labels, workflow.training.threshold_rule)
+    probs = run_probabilities(predictor, cases, workflow)
+    labels = np.array([[int((c.labels or {}).get(name, -1)) for name in predictor.labels] for c in cases])
+    return choose_thresholds(labels, np.stack([probs[c.case_id].numpy() for c in cases]), predictor.labels,
+                             workflow.training.threshold_rule)
 
 
 def compress_run(run_dir: str | Path, out: str | Path, prune: float | None = None, prune_kind: str = "structured",
@@ -92,7 +92,7 @@ def compress_run(run_dir: str | Path, out: str | Path, prune: float | None = Non
         MedmmInputError: ``run_dir``/``distill_from`` is not a run, ``out`` is not empty.
         MedmmConfigError: nothing to do, an unsupported backbone or combination.
     """
-    from medmm.deploy.finetuning import finetune, teacher_probabilities
+    from medmm.deploy.finetuning import finetune, run_probabilities
     from medmm.deploy.pruning import backbone_widths, structured_prune, unstructured_prune
     from medmm.deploy.run_data import run_workflow, split_of
     from medmm.models import save_checkpoint
@@ -130,7 +130,7 @@ def compress_run(run_dir: str | Path, out: str | Path, prune: float | None = Non
             from medmm.inference import load_model
 
             teacher = load_model(distill_from, device="cpu")
-            soft = teacher_probabilities(teacher, split_of(workflow, "train"), workflow)
+            soft = run_probabilities(teacher, split_of(workflow, "train"), workflow)
         if prune_kind == "unstructured" and prune is not None:
             raise MedmmConfigError("--finetune-epochs", "fine-tuning would refill the zeroed weights of "
                                    "unstructured pruning; fine-tune structured-pruned models only")

@@ -63,9 +63,10 @@ def finetune(model: torch.nn.Module, workflow: Any, out: Path, epochs: int, lr_s
     return out
 
 
-def teacher_probabilities(predictor: Any, cases: list[Any], workflow: Any, batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """The teacher's raw probabilities ``{case_id: [L]}`` on ``cases``, with the fusion texts the
-    teacher's own run uses at inference (reports generated only when it reads them)."""
+def run_probabilities(predictor: Any, cases: list[Any], workflow: Any, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """A loaded run's raw probabilities ``{case_id: [L]}`` on ``cases`` (teacher targets, threshold
+    choice), with the fusion texts the run uses at inference: the report is generated only when
+    the run's fusion head reads it (the same texts as `Predictor.predict_tensor`, faster)."""
     from medmm.deploy.run_data import preprocessed
 
     out: dict[str, torch.Tensor] = {}
