@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from training_helpers import make_tiny_dataset, tiny_workflow  # noqa: E402
+from training_helpers import TINY_LABELS, make_tiny_dataset, tiny_workflow  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,8 @@ def tiny_run(tmp_path_factory) -> Path:
     manifest = make_tiny_dataset(root / "data", n=12)
     workflow = tiny_workflow(manifest, **{"training.epochs": 2})
     workflow["preprocessing"]["augmentation"] = {"flip_prob": 0.0}
+    # like the demo: the fusion head reads the indication, not the generated report
+    workflow["training"]["text"] = {"use_generated_report": False, "use_indication": True}
     return train(workflow, run_dir=root / "run", verbose=False).run_dir
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medmm.cli import main as cli_main
+from training_helpers import TINY_LABELS
 from medmm.errors import MedmmConfigError, MedmmInputError
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def test_structured_int8_run_reloads_predicts_and_is_smaller(tiny_run, tmp_path,
     predictor = medmm.load_model(out, device="cpu")
     features = predictor.model.image_encoder._features
     assert any(".quantized." in type(m).__module__ for m in features.modules())  # int8 conv kernels run
-    case = next(iter(read_manifest(heldout_manifest)))
+    case = next(iter(read_manifest(heldout_manifest, labels=TINY_LABELS)))
     result = predictor.predict(case.image)
     probs = [row["probability_raw"] for row in result.findings]
     assert len(probs) == 3 and all(0.0 <= p <= 1.0 for p in probs)

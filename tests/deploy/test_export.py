@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from medmm.cli import main as cli_main
+from training_helpers import TINY_LABELS
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,7 @@ def test_image_path_is_the_models_prediction_without_indication(tiny_run, heldou
     predictor = medmm.load_model(tiny_run, device="cpu")
     assert not predictor.use_generated_report
     module, _ = load_image_path(tiny_run)
-    case = next(iter(read_manifest(heldout_manifest)))
+    case = next(iter(read_manifest(heldout_manifest, labels=TINY_LABELS)))
     x = predictor.preprocess(case.image)
     x = (x.as_tensor() if hasattr(x, "as_tensor") else x)[None].float()
     with torch.inference_mode():
@@ -92,7 +93,7 @@ def test_monai_bundle_runs_without_medmm(tiny_run, tmp_path, heldout_manifest):
     probe = subprocess.run([sys.executable, "-c", "import medmm"], env=env, cwd=bundle, capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'medmm'" in probe.stderr
 
-    case = next(iter(read_manifest(heldout_manifest)))
+    case = next(iter(read_manifest(heldout_manifest, labels=TINY_LABELS)))
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
                "--image", str(case.image)]
     done = subprocess.run(command, env=env, cwd=bundle, capture_output=True, text=True, timeout=600)
