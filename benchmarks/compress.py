@@ -5,7 +5,8 @@ For the demo model (accuracy + speed) and for DenseNet121 at ``workflows/ct_ches
 machine load (the latency rows are measured round-robin, one scan per variant in turn):
 
 - parameters, stored size (``best.safetensors``), CPU latency per scan at ``--threads`` threads
-  (image path = encoder + fusion head with the run's text; the report LM is not timed), peak RSS of
+  (image path = encoder incl. histogram pathways + fusion head with the run's text; the report LM
+  is not timed) and of the CNN backbone alone (what pruning and int8 act on), peak RSS of
   a fresh process that loads the variant and predicts (``ru_maxrss``);
 - macro AUROC with a 95 % bootstrap CI (scans resampled) and its paired change vs the original
   (same resamples, 95 % CI) on held-out scans from a seed the demo never used;
@@ -26,9 +27,7 @@ Writes ``<out>/compress.json`` and prints one table per model.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -88,6 +87,13 @@ class Scorer:
 
         probs = run_probabilities(self.predictor, cases, self.workflow)
         return np.stack([probs[c.case_id].numpy() for c in cases])
+
+    def timed_backbone(self, image: torch.Tensor) -> float:
+        """Seconds of the CNN backbone alone (what pruning and int8 change)."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            self.predictor.model.image_encoder._features(image)
+        return time.perf_counter() - t0
 
     def timed(self, image: torch.Tensor, indication: str | None) -> float:
         p = self.predictor
@@ -163,11 +169,13 @@ def demo_benchmark(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     images = [(preprocessed(scorers["original"].workflow, c), c.indication) for c in cases[: args.latency_scans]]
     times: dict[str, list[float]] = {name: [] for name in scorers}
+    cnn_times: dict[str, list[float]] = {name: [] for name in scorers}
     for name, scorer in scorers.items():
         scorer.timed(*images[0])
     for image, indication in images:
         for name, scorer in scorers.items():
             times[name].append(scorer.timed(image, indication))
+            cnn_times[name].append(scorer.timed_backbone(image))
     # ONNX Runtime vs PyTorch, fp32 image path of the original
     module, meta = load_image_path(args.run)
     onnx_path = export_onnx(module, images[0][0], args.out / "original.onnx")
@@ -182,9 +190,11 @@ def demo_benchmark(args: argparse.Namespace) -> dict:
             module(image)
         pt_t.append(time.perf_counter() - t0)
     base_ms = statistics.median(times["original"]) * 1000
+    base_cnn = statistics.median(cnn_times["original"]) * 1000
     for name in scorers:
         ms = statistics.median(times[name]) * 1000
-        rows[name].update(latency_ms=ms, speedup=base_ms / ms,
+        cnn_ms = statistics.median(cnn_times[name]) * 1000
+        rows[name].update(latency_ms=ms, speedup=base_ms / ms, backbone_ms=cnn_ms, backbone_speedup=base_cnn / cnn_ms,
                           size_ratio=rows["original"]["file_mb"] / rows[name]["file_mb"])
         if not args.skip_rss:
             rows[name]["peak_rss_mb"] = peak_rss_mb(dirs[name], Path(cases[0].image), args.threads)
@@ -262,12 +272,13 @@ def print_demo(result: dict) -> None:
     print(f"\ndemo model, {result['n_heldout']} held-out scans; latency = median over {result['latency_scans']} scans, "
           "2 threads, on a CPU shared with other jobs (compare the ratios)")
     print(f"{'variant':<15}{'params':>10}{'img params':>11}{'file MB':>9}{'x smaller':>10}{'ms/scan':>9}"
-          f"{'x faster':>9}{'RSS MB':>8}{'AUROC [95% CI]':>24}{'change [95% CI]':>26}")
+          f"{'x faster':>9}{'CNN ms':>8}{'x faster':>9}{'RSS MB':>8}{'AUROC [95% CI]':>24}{'change [95% CI]':>26}")
     for name, r in result["rows"].items():
         ch = r.get("auroc_change")
         change = f"{ch['delta']:+.4f} [{ch['ci_low']:+.3f}, {ch['ci_high']:+.3f}]" if ch else ""
         print(f"{name:<15}{r['params']:>10}{r['image_params']:>11}{r['file_mb']:>9.2f}{r['size_ratio']:>10.2f}"
-              f"{r['latency_ms']:>9.1f}{r['speedup']:>9.2f}{r.get('peak_rss_mb', float('nan')):>8.0f}"
+              f"{r['latency_ms']:>9.1f}{r['speedup']:>9.2f}{r['backbone_ms']:>8.1f}{r['backbone_speedup']:>9.2f}"
+              f"{r.get('peak_rss_mb', float('nan')):>8.0f}"
               f"{r['auroc']:>8.4f} [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}]{change:>26}")
     o = result["onnxruntime_vs_pytorch"]
     print(f"ONNX Runtime fp32 image path {o['ort_ms']:.1f} ms vs PyTorch {o['pytorch_ms']:.1f} ms ({o['speedup']:.2f}x)")

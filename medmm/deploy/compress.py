@@ -106,6 +106,9 @@ def compress_run(run_dir: str | Path, out: str | Path, prune: float | None = Non
         raise MedmmConfigError("--quantize", f"only int8 is supported, got {quantize!r}")
     if prune_kind not in ("structured", "unstructured"):
         raise MedmmConfigError("--prune-kind", f"must be structured or unstructured, got {prune_kind!r}")
+    if finetune_epochs and prune is not None and prune_kind == "unstructured":
+        raise MedmmConfigError("--finetune-epochs", "fine-tuning would refill the zeroed weights of "
+                               "unstructured pruning; fine-tune structured-pruned models only")
     if out.exists() and any(out.iterdir()):
         raise MedmmInputError(out, "output folder exists and is not empty; choose a new folder")
     model, meta, checkpoint = _load_source(run_dir)
@@ -131,9 +134,6 @@ def compress_run(run_dir: str | Path, out: str | Path, prune: float | None = Non
 
             teacher = load_model(distill_from, device="cpu")
             soft = run_probabilities(teacher, split_of(workflow, "train"), workflow)
-        if prune_kind == "unstructured" and prune is not None:
-            raise MedmmConfigError("--finetune-epochs", "fine-tuning would refill the zeroed weights of "
-                                   "unstructured pruning; fine-tune structured-pruned models only")
         finetune(model, workflow, out, finetune_epochs, lr_scale, soft, teacher_weight, verbose)
         from medmm.models import load_checkpoint
 

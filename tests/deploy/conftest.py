@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from training_helpers import TINY_LABELS, make_tiny_dataset, tiny_workflow  # noqa: E402,F401
+from training_helpers import make_tiny_dataset, tiny_workflow  # noqa: E402
 
 
 @pytest.fixture(scope="session")
