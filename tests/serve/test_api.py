@@ -160,3 +160,19 @@ def test_audit_log_records_jobs(server):
     assert jobs and all(r["token"] and len(r["input_sha256"]) == 64 and r["outcome"] in ("done", "failed")
                         for r in jobs)
     assert all("model" in r["durations_s"] for r in jobs if r["outcome"] == "done")
+
+
+def test_phi_sentinel_nowhere(client, server, inputs):
+    """The zip uploaded above carries PHI sentinels: none reaches log, metrics, audit or outputs."""
+    from serving import SENTINELS
+
+    r = client.post("/v1/jobs", content=inputs["zip"], headers=server.headers())
+    _finish(client, server, r.json()["job_id"])
+    texts = {"log": server.log(), "metrics": client.get("/metrics").text,
+             "audit": (server.state_dir / "audit.jsonl").read_text()}
+    for path in (server.state_dir / "spool").glob("*/out/*"):
+        texts[str(path.relative_to(server.state_dir))] = path.read_bytes().decode("latin-1")
+    assert sum(name.endswith("report_sr.dcm") for name in texts) >= 1
+    for where, text in texts.items():
+        for sentinel in SENTINELS:
+            assert sentinel not in text, f"PHI sentinel {sentinel!r} in {where}"
