@@ -1,0 +1,210 @@
+"""Fast unit tests of the serve building blocks: tokens, rate limit, drift PSI, config, intake, job store."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from medmm.errors import MedmmConfigError, MedmmInputError
+
+
+# ------------------------------------------------------------------------------------ tokens
+def test_token_add_prints_token_last_and_stores_only_hash(tmp_path):
+    from click.testing import CliRunner
+
+    from medmm.cli import cli
+    from medmm.serve.tokens import TokenStore, token_hash
+
+    path = tmp_path / "tokens.json"
+    out = CliRunner().invoke(cli, ["serve", "token", "add", "pacs", "--tokens-file", str(path)])
+    assert out.exit_code == 0, out.output
+    token = out.output.strip().splitlines()[-1]
+    assert len(token) >= 40 and " " not in token
+    text = path.read_text()
+    assert token not in text and token_hash(token) in text
+    assert (path.stat().st_mode & 0o077) == 0  # owner-only
+    store = TokenStore(path)
+    assert store.verify(token).name == "pacs"
+    assert store.verify(token + "x") is None and store.verify("") is None and store.verify(None) is None
+    out = CliRunner().invoke(cli, ["serve", "token", "revoke", "pacs", "--tokens-file", str(path)])
+    assert out.exit_code == 0 and store.verify(token) is None
+
+
+def test_token_names_and_scopes_validated(tmp_path):
+    from medmm.serve.tokens import TokenStore
+
+    store = TokenStore(tmp_path / "t.json")
+    store.add("a", scopes=["jobs"])
+    with pytest.raises(MedmmInputError, match="exists"):
+        store.add("a")
+    with pytest.raises(MedmmInputError, match="scope"):
+        store.add("b", scopes=["admin"])
+    with pytest.raises(MedmmInputError, match="no token"):
+        store.revoke("zzz")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(MedmmConfigError, match="tokens file"):
+        TokenStore(tmp_path / "bad.json").load()
+
+
+def test_verify_checks_every_hash(tmp_path, monkeypatch):
+    """Constant time in the number of matches: compare_digest runs against all stored hashes."""
+    import hmac
+
+    from medmm.serve import tokens as tokens_mod
+
+    store = tokens_mod.TokenStore(tmp_path / "t.json")
+    first = store.add("first")
+    for i in range(4):
+        store.add(f"t{i}")
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(tokens_mod.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    assert store.verify(first).name == "first"
+    assert len(calls) == 5
+
+
+# -------------------------------------------------------------------------------- rate limit
+def test_rate_limiter_bucket():
+    from medmm.serve.ratelimit import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(rate_per_minute=60, burst=3, clock=lambda: now[0])
+    assert [limiter.check("a") for _ in range(3)] == [0, 0, 0]
+    assert limiter.check("a") == 1  # 1 request/s: wait a second
+    assert limiter.check("b") == 0  # per key
+    now[0] += 1.0
+    assert limiter.check("a") == 0
+
+
+# ------------------------------------------------------------------------------------- drift
+def test_psi_zero_for_same_and_large_for_shift():
+    from medmm.serve.drift import hu_histogram, psi
+
+    rng = np.random.default_rng(0)
+    a = hu_histogram(rng.normal(-500, 200, 100_000))
+    b = hu_histogram(rng.normal(-500, 200, 100_000))
+    c = hu_histogram(rng.normal(100, 200, 100_000))
+    assert psi(a, b) < 0.01
+    assert psi(a, c) > 1.0
+    assert psi([0.1, 0.9], [0.5, 0.5]) == pytest.approx(0.4 * np.log(5) + (-0.4) * np.log(0.5 / 0.9), rel=1e-3)
+
+
+def test_drift_monitor_sets_alert_gauge():
+    from medmm.serve.drift import DriftMonitor, hu_histogram, reference_profile
+    from medmm.serve.metrics import ServeMetrics
+
+    rng = np.random.default_rng(0)
+    ref = reference_profile([hu_histogram(rng.normal(-600, 150, 5000)) for _ in range(5)],
+                            [{"A": i < 1} for i in range(5)], ["A"])
+    assert ref["positive_rate"] == {"A": 0.2}
+    metrics = ServeMetrics()
+    monitor = DriftMonitor(ref, metrics, psi_alert=0.25, min_samples=3, window=10)
+    for _ in range(3):
+        values = monitor.observe(hu_histogram(rng.normal(-600, 150, 5000)), {"A": False})
+    assert values["input_hu"] < 0.05
+    text = metrics.render().decode()
+    assert 'medmm_drift_psi{feature="input_hu"}' in text
+    for _ in range(10):  # scans now much denser, every one positive
+        monitor.observe(hu_histogram(rng.normal(200, 150, 5000)), {"A": True})
+    assert monitor.alerting and "medmm_drift_alert 1.0" in metrics.render().decode()
+
+
+def test_find_reference_order(tmp_path):
+    from medmm.serve.drift import FORMAT, REFERENCE_FILE, find_reference
+
+    run, state = tmp_path / "run", tmp_path / "state"
+    run.mkdir()
+    state.mkdir()
+    assert find_reference(run, state, {}) is None
+    (state / REFERENCE_FILE).write_text(json.dumps({"format": FORMAT, "n_scans": 1}))
+    assert find_reference(run, state, {})["n_scans"] == 1
+    assert find_reference(run, state, {"reference": {"format": FORMAT, "n_scans": 7}})["n_scans"] == 7
+
+
+# ------------------------------------------------------------------------------------ config
+def test_serve_config_errors(tmp_path):
+    from medmm.serve.config import load_serve_config, parse_peer
+
+    path = tmp_path / "serve.yaml"
+    path.write_text("limits:\n  max_queue: 0\n")
+    with pytest.raises(MedmmConfigError, match="limits.max_queue"):
+        load_serve_config(path)
+    path.write_text("!!python/object/apply:os.system ['true']\n")
+    with pytest.raises(MedmmConfigError, match="cannot read"):
+        load_serve_config(path)
+    with pytest.raises(MedmmConfigError, match="allow_ae"):
+        load_serve_config(None, {"dicom.port": 11112})
+    with pytest.raises(MedmmConfigError, match="AE@host:port"):
+        parse_peer("ORTHANC:4242")
+    assert parse_peer("ORTHANC@127.0.0.1:4242") == ("ORTHANC", "127.0.0.1", 4242)
+    assert load_serve_config(None, {"host": "0.0.0.0"}).loopback() is False
+    assert load_serve_config(None, {"host": "::1"}).loopback() is True
+
+
+# ------------------------------------------------------------------------------------ intake
+def _chunks(data: bytes, size: int = 1000):
+    async def gen():
+        for i in range(0, len(data), size):
+            yield data[i:i + size]
+    return gen()
+
+
+def test_stream_to_file_limit_and_hash(tmp_path):
+    import hashlib
+
+    from medmm.serve.intake import LimitExceeded, stream_to_file
+
+    data = b"abc" * 1000
+    size, sha = asyncio.run(stream_to_file(_chunks(data), tmp_path / "x", 10_000))
+    assert size == 3000 and sha == hashlib.sha256(data).hexdigest()
+    with pytest.raises(LimitExceeded):
+        asyncio.run(stream_to_file(_chunks(data), tmp_path / "y", 2000))
+    assert not (tmp_path / "y").exists()
+
+
+def test_sniff_and_check_zip(tmp_path):
+    from medmm.serve.intake import LimitExceeded, check_input, sniff_kind
+
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"hello")
+    with pytest.raises(MedmmInputError, match="neither"):
+        sniff_kind(bad)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../evil.dcm", b"x")
+    (tmp_path / "evil.zip").write_bytes(buf.getvalue())
+    assert sniff_kind(tmp_path / "evil.zip") == "zip"
+    with pytest.raises(MedmmInputError, match="escapes"):
+        check_input(tmp_path / "evil.zip", "zip", 100, 10_000)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.dcm", b"\0" * 200_000)
+    (tmp_path / "big.zip").write_bytes(buf.getvalue())
+    with pytest.raises(LimitExceeded, match="uncompressed"):
+        check_input(tmp_path / "big.zip", "zip", 100, 100_000)
+
+
+# ------------------------------------------------------------------------------------- store
+def test_store_recover_and_purge(tmp_path):
+    from medmm.serve.store import JobStore
+
+    store = JobStore(tmp_path)
+    ids = [store.new_id() for _ in range(3)]
+    for job_id in ids:
+        store.job_dir(job_id).mkdir(parents=True)
+        store.add(job_id, "http", "nifti", "input.nii.gz", token="a")
+    store.set_status(ids[0], "running")
+    store.set_status(ids[1], "done")
+    store.close()
+    store = JobStore(tmp_path)  # "restart"
+    assert store.recover() == [ids[0], ids[2]]
+    assert store.get(ids[0]).attempts == 1
+    time.sleep(0.05)
+    assert store.purge_finished(0.01) == [ids[1]]
+    assert store.get(ids[1]) is None and not store.job_dir(ids[1]).exists()
