@@ -135,8 +135,11 @@ class DriftMonitor:
         self.alerting = False
 
     def set_reference(self, reference: dict[str, Any] | None) -> None:
+        """Use ``reference`` from now on (scans seen before it arrived count too)."""
         with self._lock:
             self.reference = reference
+            values = self._psi_locked()
+        self._export(values)
 
     def observe(self, histogram: np.ndarray, positives: dict[str, bool]) -> dict[str, float]:
         """Add one scan; returns the current PSI per feature (empty until ``min_samples``)."""

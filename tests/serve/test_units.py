@@ -208,3 +208,49 @@ def test_store_recover_and_purge(tmp_path):
     time.sleep(0.05)
     assert store.purge_finished(0.01) == [ids[1]]
     assert store.get(ids[1]) is None and not store.job_dir(ids[1]).exists()
+
+
+# ---------------------------------------------------------------- app without a model loaded
+def _app(tmp_path, **overrides):
+    from fastapi.testclient import TestClient
+
+    from medmm.serve.app import create_app
+    from medmm.serve.config import load_serve_config
+    from medmm.serve.service import Service
+    from medmm.serve.tokens import TokenStore
+
+    store = TokenStore(tmp_path / "tokens.json")
+    tokens = {"ops": store.add("ops", ["metrics"]), "user": store.add("user", ["jobs"])}
+    cfg = load_serve_config(None, {"state_dir": tmp_path / "state", "tokens_file": tmp_path / "tokens.json",
+                                   "model": tmp_path / "no_run", **overrides})
+    return TestClient(create_app(Service(cfg))), tokens  # no `with`: lifespan (model loading) not run
+
+
+def test_metrics_need_a_token_off_loopback(tmp_path):
+    client, tokens = _app(tmp_path, host="0.0.0.0")
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {tokens['user']}"}).status_code == 403
+    r = client.get("/metrics", headers={"Authorization": f"Bearer {tokens['ops']}"})
+    assert r.status_code == 200 and "medmm_requests_total" in r.text
+    public, _ = _app(tmp_path / "p", host="0.0.0.0", metrics_public=True)
+    assert public.get("/metrics").status_code == 200
+    loopback, _ = _app(tmp_path / "l", host="127.0.0.1")
+    assert loopback.get("/metrics").status_code == 200
+
+
+def test_readyz_503_before_model(tmp_path):
+    client, tokens = _app(tmp_path)
+    r = client.get("/readyz", headers={"Authorization": f"Bearer {tokens['user']}"})
+    assert r.status_code == 503 and r.json()["ready"] is False
+
+
+def test_serve_cli_errors_are_one_line(tmp_path, capsys):
+    from medmm.cli import main
+
+    for argv, needle in ((["serve"], "--model"), (["serve", "--model", str(tmp_path)], "not a medmm run"),
+                         (["serve", "--model", str(tmp_path), "--dicom-port", "11112"], "allow_ae")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1
