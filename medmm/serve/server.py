@@ -14,11 +14,24 @@ from medmm.serve.config import ServeConfig
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class DropQueryString(logging.Filter):
+    """Access-log lines without the query string: ``?indication=`` is free text a clinician may
+    fill with identifying details."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            args = list(record.args)
+            args[2] = args[2].split("?", 1)[0]
+            record.args = tuple(args)
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     """medmm.serve and uvicorn log lines on stderr; pynetdicom kept at WARNING (its INFO/DEBUG
     lines dump association details and, at DEBUG, dataset contents)."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").addFilter(DropQueryString())
 
 
 def run_server(config: ServeConfig, log_level: str = "info") -> None:

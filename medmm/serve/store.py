@@ -66,6 +66,7 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._columns = [d[0] for d in self._db.execute("SELECT * FROM jobs LIMIT 0").description]
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- paths
@@ -100,8 +101,7 @@ class JobStore:
         return self._job(row) if row else None
 
     def _job(self, row) -> Job:
-        fields = [d[0] for d in self._db.execute("SELECT * FROM jobs LIMIT 0").description]
-        data = dict(zip(fields, row))
+        data = dict(zip(self._columns, row))
         data["keep_phi"] = bool(data["keep_phi"])
         return Job(**data)
 

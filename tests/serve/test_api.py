@@ -166,8 +166,11 @@ def test_phi_sentinel_nowhere(client, server, inputs):
     """The zip uploaded above carries PHI sentinels: none reaches log, metrics, audit or outputs."""
     from serving import SENTINELS
 
-    r = client.post("/v1/jobs", content=inputs["zip"], headers=server.headers())
+    r = client.post("/v1/jobs", params={"indication": "FREETEXTMARKER cough"}, content=inputs["zip"],
+                    headers=server.headers())
     _finish(client, server, r.json()["job_id"])
+    assert "POST /v1/jobs HTTP" in server.log()  # access log kept, query string (free text) dropped
+    assert "FREETEXTMARKER" not in server.log()
     texts = {"log": server.log(), "metrics": client.get("/metrics").text,
              "audit": (server.state_dir / "audit.jsonl").read_text()}
     for path in (server.state_dir / "spool").glob("*/out/*"):

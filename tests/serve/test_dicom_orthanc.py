@@ -109,8 +109,10 @@ def test_series_round_trip_returns_sr_in_same_study(orthanc, medmm_node, tmp_pat
         expected.add((concept.scheme_designator, concept.value))
     assert got == expected and ("SCT", "60046008") in got  # e.g. pleural effusion, SNOMED CT
 
-    metrics = wait_for(lambda: (m := httpx.get(f"{medmm_node.url}/metrics", timeout=10).text)
-                       if 'medmm_drift_psi{feature="input_hu"}' in m else None, 120, "drift PSI (min_samples: 1)")
+    def metrics_with_drift():
+        text = httpx.get(f"{medmm_node.url}/metrics", timeout=10).text
+        return text if 'medmm_drift_psi{feature="input_hu"}' in text else None
+    metrics = wait_for(metrics_with_drift, 120, "drift PSI (min_samples: 1)")
     assert 'medmm_dicom_series_total{outcome="sent"} 1.0' in metrics
     assert 'medmm_drift_psi{feature="Pleural effusion"}' in metrics and "medmm_drift_alert" in metrics
     assert 'medmm_dicom_associations_total{outcome="accepted"}' in metrics
