@@ -100,3 +100,20 @@ def token_list(tokens_file: Path) -> None:
 
     for t in TokenStore(tokens_file).load():
         click.echo(f"{t.name}\t{','.join(t.scopes)}\tallow_phi={t.allow_phi}\t{t.created}")
+
+
+@serve.command("reference")
+@click.option("--model", "model", type=_PATH, required=True, help="Run directory from `medmm train`.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+def reference(model: Path, device: str | None) -> None:
+    """Compute the drift reference profile on the run's validation split into RUN/drift_reference.json."""
+    import json
+
+    from medmm.inference import load_model
+    from medmm.io.writers import atomic_write_bytes
+    from medmm.serve.drift import REFERENCE_FILE, compute_reference, validation_images
+
+    predictor = load_model(model, device=device)
+    profile = compute_reference(predictor, validation_images(Path(model)))
+    path = atomic_write_bytes(Path(model) / REFERENCE_FILE, (json.dumps(profile) + "\n").encode("utf-8"))
+    click.echo(f"drift reference from {profile['n_scans']} validation scans: {path}")

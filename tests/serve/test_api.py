@@ -23,7 +23,8 @@ def server(trained_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
     store = TokenStore(root / "tokens.json")
     tokens = {"alice": store.add("alice"), "bob": store.add("bob"), "predictor": store.add("predictor", ["predict"]),
-              "mallory": store.add("mallory"), "burst": store.add("burst")}
+              "mallory": store.add("mallory"), "burst": store.add("burst"),
+              "clinic": store.add("clinic", allow_phi=True)}
     srv = start_server(trained_run, root / "state", root / "tokens.json", tokens, config=LIMITS)
     yield srv
     srv.stop()
@@ -179,3 +180,19 @@ def test_phi_sentinel_nowhere(client, server, inputs):
     for where, text in texts.items():
         for sentinel in SENTINELS:
             assert sentinel not in text, f"PHI sentinel {sentinel!r} in {where}"
+
+
+def test_token_allowed_phi_gets_identified_sr(client, server, inputs):
+    """Default outputs are de-identified; a token created with --allow-phi gets the source identity."""
+    import pydicom
+
+    from serving import PHI
+
+    srs = {}
+    for who in ("alice", "clinic"):
+        job = client.post("/v1/jobs", content=inputs["zip"], headers=server.headers(who)).json()["job_id"]
+        assert _finish(client, server, job, who)["status"] == "done"
+        raw = client.get(f"/v1/jobs/{job}/report_sr.dcm", headers=server.headers(who)).content
+        srs[who] = pydicom.dcmread(io.BytesIO(raw))
+    assert srs["alice"].PatientID == "ANONYMOUS"
+    assert srs["clinic"].PatientID == PHI["patient_id"]
