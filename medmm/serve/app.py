@@ -24,6 +24,7 @@ from medmm.serve.intake import INPUT_NAMES, LimitExceeded, check_input, sniff_ki
 from medmm.serve.service import Service
 from medmm.serve.store import ARTEFACTS
 from medmm.serve.tokens import Token
+from medmm.serve.worker import INTERNAL_ERROR
 
 log = logging.getLogger("medmm.serve")
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {
@@ -123,7 +124,7 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(504, f"not finished after {cfg.limits.predict_timeout_s:g} s; "
                            f"poll /v1/jobs/{job.id}") from None
         if done.status != "done":
-            raise ApiError(400, done.error or "diagnosis failed")
+            raise ApiError(500 if done.error == INTERNAL_ERROR else 400, done.error or "diagnosis failed")
         return FileResponse(service.store.out_dir(job.id) / "result.json", media_type="application/json")
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])

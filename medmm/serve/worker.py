@@ -20,6 +20,7 @@ from typing import Any
 from medmm.errors import MedmmError
 
 log = logging.getLogger("medmm.serve")
+INTERNAL_ERROR = "internal error (see the server log)"
 
 
 class WorkerPool:
@@ -66,7 +67,7 @@ class WorkerPool:
                 self._run(job_id)
             except Exception:  # noqa: BLE001 - a bug in one job must not kill the worker
                 log.exception("job %s: internal error", job_id)
-                self.service.store.set_status(job_id, "failed", "internal error (see server log)")
+                self.service.store.set_status(job_id, "failed", INTERNAL_ERROR)
             finally:
                 job = self.service.store.get(job_id)
                 with self._lock:
@@ -90,11 +91,15 @@ class WorkerPool:
             svc.store.set_status(job_id, "done")
             outcome, error = "done", None
         except MedmmError as err:
-            outcome, error = "failed", svc.scrub(str(err), job)
+            outcome, error, result = "failed", svc.scrub(str(err), job), None
             svc.metrics.errors.labels(type=type(err).__name__).inc()
             svc.store.set_status(job_id, "failed", error)
             log.info("job %s failed: %s", job_id, error)
-            result = None
+        except Exception as err:  # noqa: BLE001 - a bug: logged with its traceback, the job fails
+            outcome, error, result = "failed", INTERNAL_ERROR, None
+            svc.metrics.errors.labels(type=type(err).__name__).inc()
+            svc.store.set_status(job_id, "failed", error)
+            log.exception("job %s: internal error", job_id)
         finally:
             svc.metrics.inflight.dec()
         svc.metrics.jobs.labels(source=job.source, outcome=outcome).inc()
