@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medmm.errors import MedmmInputError
+from medmm.errors import MedmmConfigError, MedmmInputError
 from medmm.serve.intake import INPUT_NAMES, LimitExceeded, check_input, sniff_kind, stream_to_file
 from medmm.serve.service import Service
 from medmm.serve.store import ARTEFACTS
@@ -216,6 +216,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         message = "not found" if err.status_code == 404 else str(err.detail)
         return JSONResponse({"error": message}, status_code=err.status_code, headers=getattr(err, "headers", None))
+
+    @app.exception_handler(MedmmInputError)
+    async def input_error(request: Request, err: MedmmInputError) -> JSONResponse:
+        return JSONResponse({"error": err.reason}, status_code=400)
+
+    @app.exception_handler(MedmmConfigError)
+    async def config_error(request: Request, err: MedmmConfigError) -> JSONResponse:
+        log.error("configuration error: %s", err)  # e.g. the tokens file was broken while running
+        return JSONResponse({"error": "server configuration error (see the server log)"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -255,3 +255,10 @@ def test_serve_cli_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1
 
+
+
+def test_broken_tokens_file_is_a_500_not_a_crash(tmp_path):
+    client, tokens = _app(tmp_path)
+    (tmp_path / "tokens.json").write_text("{broken")
+    r = client.get("/readyz", headers={"Authorization": f"Bearer {tokens['user']}"})
+    assert r.status_code == 500 and r.json() == {"error": "server configuration error (see the server log)"}
