@@ -86,10 +86,15 @@ def validation_images(run_dir: Path) -> list[str]:
     return [case.image for case in splits["val"]]
 
 
-def find_reference(run_dir: Path, state_dir: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
-    """A stored profile (see module docstring for the order), or None."""
-    stored = meta.get("reference") if isinstance(meta.get("reference"), dict) else None
-    if stored and stored.get("format") == FORMAT:
+def find_reference(run_dir: Path, state_dir: Path, meta: Any) -> dict[str, Any] | None:
+    """A stored profile (see module docstring for the order), or None.
+
+    ``meta`` is the run's metadata: a ``medmm.json`` dict or a typed RunMeta with ``reference``.
+    """
+    stored = meta.get("reference") if isinstance(meta, dict) else getattr(meta, "reference", None)
+    if hasattr(stored, "model_dump"):
+        stored = stored.model_dump()
+    if isinstance(stored, dict) and stored.get("format") == FORMAT:
         return stored
     for path in (run_dir / REFERENCE_FILE, state_dir / REFERENCE_FILE):
         if path.is_file():

@@ -262,3 +262,13 @@ def test_broken_tokens_file_is_a_500_not_a_crash(tmp_path):
     (tmp_path / "tokens.json").write_text("{broken")
     r = client.get("/readyz", headers={"Authorization": f"Bearer {tokens['user']}"})
     assert r.status_code == 500 and r.json() == {"error": "server configuration error (see the server log)"}
+
+
+def test_find_reference_reads_a_typed_run_meta(tmp_path):
+    from types import SimpleNamespace
+
+    from medmm.serve.drift import FORMAT, find_reference
+
+    meta = SimpleNamespace(reference={"format": FORMAT, "n_scans": 3})
+    assert find_reference(tmp_path, tmp_path, meta)["n_scans"] == 3
+    assert find_reference(tmp_path, tmp_path, SimpleNamespace(reference=None)) is None
