@@ -13,7 +13,7 @@ from typing import Any
 
 from medmm.serve.audit import AuditLog
 from medmm.serve.config import ServeConfig
-from medmm.serve.drift import DriftMonitor, ensure_reference, hu_histogram
+from medmm.serve.drift import DriftMonitor, ensure_reference, hu_sample, hu_window_of
 from medmm.serve.metrics import ServeMetrics
 from medmm.serve.ratelimit import RateLimiter
 from medmm.serve.store import JobStore
@@ -89,7 +89,7 @@ class Service:
         drift_cfg = self.config.drift
         if drift_cfg.enabled:
             self.drift = DriftMonitor(None, self.metrics, drift_cfg.psi_alert, drift_cfg.per_feature,
-                                      drift_cfg.min_samples, drift_cfg.window)
+                                      drift_cfg.min_samples, drift_cfg.window, hu_window_of(self.predictor))
         self.model_ready.set()
         self.metrics.ready.set(1)
         if self.drift is not None:
@@ -115,9 +115,9 @@ class Service:
         return " ".join(message.replace(str(self.store.input_path(job)), "input").replace(
             str(self.store.job_dir(job.id)), "job").split())
 
-    @staticmethod
-    def hu_histogram(array: Any):
-        return hu_histogram(array)
+    def drift_sample(self, hu: Any):
+        """The HU sample of a scan the drift monitor keeps (None when drift is off)."""
+        return hu_sample(hu, hu_window_of(self.predictor)) if self.drift is not None else None
 
     def after_dicom_job(self, job: Any, result: Any, durations: dict[str, float]) -> None:
         """Send the SR of a DICOM-node job to the destination (``result`` None: the job failed)."""

@@ -116,15 +116,15 @@ class WorkerPool:
         timed = _Timer(svc.metrics, durations)
         with timed("load"):
             volume = load_volume(svc.store.input_path(job))
-            histogram = svc.hu_histogram(volume.array)
+            drift_sample = svc.drift_sample(volume.array)
         with timed("model"):
             result = svc.predictor.predict(volume, indication=job.indication)
         del volume
         with timed("writers"):
             write_outputs(result, svc.store.out_dir(job.id), html=True, fhir=True,
                           dicom_sr=bool(result.source_files), keep_phi=job.keep_phi)
-        if svc.drift is not None:
-            svc.drift.observe(histogram, {r["finding"]: bool(r["positive"]) for r in result.findings})
+        if drift_sample is not None:
+            svc.drift.observe(drift_sample, {r["finding"]: bool(r["positive"]) for r in result.findings})
         return result
 
 

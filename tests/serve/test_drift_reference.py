@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -25,7 +24,10 @@ def test_reference_cli_profiles_the_validation_split(trained_run, tmp_path):
     meta = json.loads((run / "medmm.json").read_text())
     assert profile["format"] == FORMAT
     assert profile["n_scans"] == len(validation_images(run)) >= 1
-    assert set(profile["positive_rate"]) == set(meta["labels"])
-    assert all(0.0 <= v <= 1.0 for v in profile["positive_rate"].values())
-    hist = np.asarray(profile["hu_hist"])
-    assert hist.sum() == pytest.approx(1.0, abs=1e-5) and hist[0] > 0.05  # chest CT: plenty of air
+    assert set(profile["val_positive_rate"]) == set(meta["labels"])
+    assert all(0.0 <= v <= 1.0 for v in profile["val_positive_rate"].values())
+    quantiles = profile["input_hu"]["quantiles"]
+    low, high = meta["preprocessing"]["hu_window"] if "preprocessing" in meta else (-1000, 400)
+    values = [quantiles[k] for k in sorted(quantiles, key=float)]
+    assert values == sorted(values) and low <= values[0] and values[-1] <= high
+    assert values[0] == low  # chest CT: plenty of air, clipped at the window's lower edge

@@ -84,34 +84,44 @@ def test_rate_limiter_bucket():
 
 # ------------------------------------------------------------------------------------- drift
 def test_psi_zero_for_same_and_large_for_shift():
-    from medmm.serve.drift import hu_histogram, psi
+    from medmm.serve.drift import bin_shares, psi, quantile_bins
 
     rng = np.random.default_rng(0)
-    a = hu_histogram(rng.normal(-500, 200, 100_000))
-    b = hu_histogram(rng.normal(-500, 200, 100_000))
-    c = hu_histogram(rng.normal(100, 200, 100_000))
-    assert psi(a, b) < 0.01
-    assert psi(a, c) > 1.0
+    ref = rng.normal(-500, 200, 100_000)
+    edges, expected = quantile_bins({f"{q:g}": float(np.quantile(ref, q)) for q in (0.01, 0.25, 0.5, 0.75, 0.99)})
+    assert expected.sum() == pytest.approx(1.0) and len(expected) == len(edges) + 1
+    assert psi(expected, bin_shares(rng.normal(-500, 200, 100_000), edges)) < 0.01
+    assert psi(expected, bin_shares(rng.normal(100, 200, 100_000), edges)) > 1.0
     assert psi([0.1, 0.9], [0.5, 0.5]) == pytest.approx(0.4 * np.log(5) + (-0.4) * np.log(0.5 / 0.9), rel=1e-3)
 
 
+def test_quantile_bins_merge_values_piled_at_the_window_edge():
+    from medmm.serve.drift import bin_shares, hu_sample, psi, quantile_bins
+
+    edges, expected = quantile_bins({"0.01": -1000, "0.05": -1000, "0.25": -1000, "0.5": -200, "0.99": 400}, 400)
+    assert edges.tolist() == [-1000, -200] and expected.tolist() == pytest.approx([0.25, 0.25, 0.5])
+    scan = np.concatenate([np.full(2500, -1024.0), np.linspace(-990, -210, 2500), np.linspace(-190, 390, 4900),
+                           np.full(100, 1500.0)])
+    assert psi(expected, bin_shares(hu_sample(scan, (-1000, 400)), edges)) < 0.01
+
+
 def test_drift_monitor_sets_alert_gauge():
-    from medmm.serve.drift import DriftMonitor, hu_histogram, reference_profile
+    from medmm.serve.drift import DriftMonitor, hu_sample, reference_profile
     from medmm.serve.metrics import ServeMetrics
 
     rng = np.random.default_rng(0)
-    ref = reference_profile([hu_histogram(rng.normal(-600, 150, 5000)) for _ in range(5)],
+    ref = reference_profile([hu_sample(rng.normal(-600, 150, 5000), (-1000, 400)) for _ in range(5)],
                             [{"A": i < 1} for i in range(5)], ["A"])
-    assert ref["positive_rate"] == {"A": 0.2}
+    assert ref["val_positive_rate"] == {"A": 0.2}
     metrics = ServeMetrics()
-    monitor = DriftMonitor(ref, metrics, psi_alert=0.25, min_samples=3, window=10)
+    monitor = DriftMonitor(ref, metrics, psi_alert=0.25, min_samples=3, window=10, hu_window=(-1000, 400))
     for _ in range(3):
-        values = monitor.observe(hu_histogram(rng.normal(-600, 150, 5000)), {"A": False})
+        values = monitor.observe(hu_sample(rng.normal(-600, 150, 5000), (-1000, 400)), {"A": False})
     assert values["input_hu"] < 0.05
     text = metrics.render().decode()
     assert 'medmm_drift_psi{feature="input_hu"}' in text
     for _ in range(10):  # scans now much denser, every one positive
-        monitor.observe(hu_histogram(rng.normal(200, 150, 5000)), {"A": True})
+        monitor.observe(hu_sample(rng.normal(200, 150, 5000), (-1000, 400)), {"A": True})
     assert monitor.alerting and "medmm_drift_alert 1.0" in metrics.render().decode()
 
 
@@ -122,9 +132,11 @@ def test_find_reference_order(tmp_path):
     run.mkdir()
     state.mkdir()
     assert find_reference(run, state, {}) is None
-    (state / REFERENCE_FILE).write_text(json.dumps({"format": FORMAT, "n_scans": 1}))
+    (state / REFERENCE_FILE).write_text(json.dumps({"format": FORMAT, "n_scans": 1,
+                                                     "val_positive_rate": {"A": 0.5}}))
     assert find_reference(run, state, {})["n_scans"] == 1
-    assert find_reference(run, state, {"reference": {"format": FORMAT, "n_scans": 7}})["n_scans"] == 7
+    stored = {"input_hu": {"quantiles": {"0.5": -300.0}}, "val_positive_rate": {}}  # RunMeta.reference shape
+    assert find_reference(run, state, {"reference": stored}) == stored
 
 
 # ------------------------------------------------------------------------------------ config
@@ -269,6 +281,6 @@ def test_find_reference_reads_a_typed_run_meta(tmp_path):
 
     from medmm.serve.drift import FORMAT, find_reference
 
-    meta = SimpleNamespace(reference={"format": FORMAT, "n_scans": 3})
-    assert find_reference(tmp_path, tmp_path, meta)["n_scans"] == 3
+    meta = SimpleNamespace(reference={"input_hu": None, "val_positive_rate": {"A": 0.3}})
+    assert find_reference(tmp_path, tmp_path, meta)["val_positive_rate"] == {"A": 0.3}
     assert find_reference(tmp_path, tmp_path, SimpleNamespace(reference=None)) is None
