@@ -20,14 +20,16 @@ def test_reference_cli_profiles_the_validation_split(trained_run, tmp_path):
     shutil.copytree(trained_run, run)
     out = CliRunner().invoke(cli, ["serve", "reference", "--model", str(run), "--device", "cpu"])
     assert out.exit_code == 0, out.output
+    from medmm.inference import load_model
+
     profile = json.loads((run / "drift_reference.json").read_text())
-    meta = json.loads((run / "medmm.json").read_text())
+    predictor = load_model(run, device="cpu")
     assert profile["format"] == FORMAT
     assert profile["n_scans"] == len(validation_images(run)) >= 1
-    assert set(profile["val_positive_rate"]) == set(meta["labels"])
+    assert set(profile["val_positive_rate"]) == set(predictor.labels)
     assert all(0.0 <= v <= 1.0 for v in profile["val_positive_rate"].values())
     quantiles = profile["input_hu"]["quantiles"]
-    low, high = meta["preprocessing"]["hu_window"] if "preprocessing" in meta else (-1000, 400)
+    low, high = predictor.preprocessing.hu_window
     values = [quantiles[k] for k in sorted(quantiles, key=float)]
     assert values == sorted(values) and low <= values[0] and values[-1] <= high
     assert values[0] == low  # chest CT: plenty of air, clipped at the window's lower edge
