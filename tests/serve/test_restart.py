@@ -63,3 +63,31 @@ def test_retention_deletes_finished_jobs(trained_run, tmp_path, make_tokens):
             assert not (srv.state_dir / "spool" / job).exists()
     finally:
         srv.stop()
+
+
+def test_job_running_at_a_crash_is_run_again(trained_run, tmp_path, make_tokens):
+    import httpx
+
+    tokens = make_tokens(tmp_path / "tokens.json", alice=("jobs",))
+    body = nifti_bytes(tmp_path)
+    fast_polling = {"limits": {"rate_per_minute": 100000, "rate_burst": 1000}}
+    srv = start_server(trained_run, tmp_path / "state", tmp_path / "tokens.json", tokens, config=fast_polling)
+    with httpx.Client(base_url=srv.url, timeout=60) as client:
+        job = client.post("/v1/jobs", content=body, headers=srv.headers()).json()["job_id"]
+        status = wait_for(lambda: (s := client.get(f"/v1/jobs/{job}", headers=srv.headers()).json()["status"])
+                          != "queued" and s, 120, "the job to start", interval=0.02)
+    srv.stop(sig=signal.SIGKILL)
+    if status != "running":
+        pytest.skip(f"the job was already {status} when polled; rerun on a less loaded machine")
+    srv = start_server(trained_run, tmp_path / "state", tmp_path / "tokens.json", tokens, config=fast_polling)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            done = wait_for(lambda: (s := client.get(f"/v1/jobs/{job}", headers=srv.headers()).json())["status"]
+                            in ("done", "failed") and s, 180, "the re-run job")
+            assert done["status"] == "done" and "result.json" in done["artefacts"]
+    finally:
+        srv.stop()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "state" / "jobs.sqlite") as db:
+        assert db.execute("SELECT attempts FROM jobs WHERE id=?", (job,)).fetchone()[0] == 2
