@@ -37,11 +37,10 @@ def serve(ctx: click.Context, model, config, host, port, state_dir, tokens_file,
     from medmm.errors import MedmmConfigError, MedmmInputError
     from medmm.serve.config import load_serve_config
 
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise MedmmConfigError(None, "medmm serve needs the serve extra: pip install 'medmm[serve]'") from None
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "pynetdicom", "prometheus_client")):
+        raise MedmmConfigError(None, "medmm serve needs the serve extra: pip install 'medmm[serve]'")
     cfg = load_serve_config(config, {
         "model": model, "host": host, "port": port, "state_dir": state_dir, "tokens_file": tokens_file,
         "device": device, "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile, "dicom.port": dicom_port,

@@ -279,7 +279,7 @@ def test_broken_tokens_file_is_a_500_not_a_crash(tmp_path):
 def test_find_reference_reads_a_typed_run_meta(tmp_path):
     from types import SimpleNamespace
 
-    from medmm.serve.drift import FORMAT, find_reference
+    from medmm.serve.drift import find_reference
 
     meta = SimpleNamespace(reference={"input_hu": None, "val_positive_rate": {"A": 0.3}})
     assert find_reference(tmp_path, tmp_path, meta)["val_positive_rate"] == {"A": 0.3}
