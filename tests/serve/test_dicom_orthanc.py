@@ -3,7 +3,8 @@
 Orthanc (Debian package ``orthanc``; ``.ci/run`` installs it) runs on loopback ports with a
 temporary configuration and storage. The series carries PHI sentinels: they must come back in the
 SR filed in Orthanc (same patient, same study) and must appear nowhere medmm writes by default —
-log, metrics, audit log, stored outputs.
+log, metrics, audit log, stored outputs. With the DICOMweb plugin (``orthanc-dicomweb``) the SR
+is also pulled by StudyInstanceUID with ``dicomweb-client``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from serving import SENTINELS, free_port, phi_series, start_server, wait_for
 
 ORTHANC = shutil.which("Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian package orthanc-dicomweb
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(ORTHANC is None, reason="Orthanc binary missing: apt-get install orthanc (.ci/run does)")]
 
@@ -33,7 +36,8 @@ def orthanc(tmp_path_factory):
         "Name": "medmm-test", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
         "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-        "Plugins": [], "DicomModalities": {"medmm": ["MEDMM", "127.0.0.1", medmm_port]},
+        "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.is_file() else [],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "DicomModalities": {"medmm": ["MEDMM", "127.0.0.1", medmm_port]},
         "HttpBindAddress": "127.0.0.1", "DicomScuTimeout": 30,
     }
     (root / "orthanc.json").write_text(json.dumps(config))
@@ -66,20 +70,17 @@ def medmm_node(trained_run, orthanc, tmp_path_factory):
     srv.stop()
 
 
-def test_series_round_trip_returns_sr_in_same_study(orthanc, medmm_node, tmp_path):
-    import highdicom as hd
+@pytest.fixture(scope="module")
+def round_trip(orthanc, medmm_node, tmp_path_factory):
+    """Upload a PHI-planted series to Orthanc, C-STORE it to medmm, wait for the SR in Orthanc."""
     import httpx
 
-    from medmm.inference import load_model
-    from medmm.inference.writers.dicom_sr import finding_concept
-
     url = orthanc["url"]
-    files = phi_series(tmp_path / "series")
+    files = phi_series(tmp_path_factory.mktemp("series") / "series")
     for f in files:
         r = httpx.post(f"{url}/instances", content=f.read_bytes(), timeout=30)
         assert r.status_code == 200, r.text
-    study = r.json()["ParentStudy"]
-    series = r.json()["ParentSeries"]
+    study, series = r.json()["ParentStudy"], r.json()["ParentSeries"]
     r = httpx.post(f"{url}/modalities/medmm/store", content=series, timeout=120)
     assert r.status_code == 200, r.text
 
@@ -87,27 +88,46 @@ def test_series_round_trip_returns_sr_in_same_study(orthanc, medmm_node, tmp_pat
         found = httpx.get(f"{url}/studies/{study}/series", timeout=10).json()
         return [s for s in found if s["MainDicomTags"].get("Modality") == "SR"]
     (sr_entry,) = wait_for(sr_series, 240, "the SR to arrive in Orthanc", interval=1.0)
-    (instance,) = sr_entry["Instances"]
-    raw = httpx.get(f"{url}/instances/{instance}/file", timeout=30).content
-    sr_path = tmp_path / "sr.dcm"
-    sr_path.write_bytes(raw)
-    ds = pydicom.dcmread(sr_path)
-    source = pydicom.dcmread(files[0], stop_before_pixels=True)
-    assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
-    referenced = {s.SeriesInstanceUID for st in ds.CurrentRequestedProcedureEvidenceSequence
-                  for s in st.ReferencedSeriesSequence}
-    assert referenced == {source.SeriesInstanceUID}
+    return {"study": study, "sr_series": sr_entry, "source": pydicom.dcmread(files[0], stop_before_pixels=True)}
 
-    sr = hd.sr.srread(sr_path)
-    groups = sr.content.get_image_measurement_groups()
-    got = {(g.finding_type.scheme_designator, g.finding_type.value) for g in groups}
-    predictor = load_model(medmm_node_run(medmm_node), device="cpu")
+
+def expected_codes(server) -> set[tuple[str, str]]:
+    """(scheme, code) of every finding of the served model, as the SR writer codes them."""
+    from medmm.inference import load_model
+    from medmm.inference.writers.dicom_sr import finding_concept
+
+    args = server.proc.args
+    predictor = load_model(args[args.index("--model") + 1], device="cpu")
     expected = set()
     for label in predictor.labels:
         codes = [{"system": c.system, "code": c.code, "match": c.match} for c in predictor.ontology.codes(label)]
         concept = finding_concept(label, codes)
         expected.add((concept.scheme_designator, concept.value))
-    assert got == expected and ("SCT", "60046008") in got  # e.g. pleural effusion, SNOMED CT
+    return expected
+
+
+def sr_codes(path) -> set[tuple[str, str]]:
+    import highdicom as hd
+
+    groups = hd.sr.srread(path).content.get_image_measurement_groups()
+    return {(g.finding_type.scheme_designator, g.finding_type.value) for g in groups}
+
+
+def test_series_round_trip_returns_sr_in_same_study(orthanc, medmm_node, round_trip, tmp_path):
+    import httpx
+
+    (instance,) = round_trip["sr_series"]["Instances"]
+    raw = httpx.get(f"{orthanc['url']}/instances/{instance}/file", timeout=30).content
+    sr_path = tmp_path / "sr.dcm"
+    sr_path.write_bytes(raw)
+    ds = pydicom.dcmread(sr_path)
+    source = round_trip["source"]
+    assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
+    referenced = {s.SeriesInstanceUID for st in ds.CurrentRequestedProcedureEvidenceSequence
+                  for s in st.ReferencedSeriesSequence}
+    assert referenced == {source.SeriesInstanceUID}
+    got = sr_codes(sr_path)
+    assert got == expected_codes(medmm_node) and ("SCT", "60046008") in got  # e.g. pleural effusion, SNOMED CT
 
     def metrics_with_drift():
         text = httpx.get(f"{medmm_node.url}/metrics", timeout=10).text
@@ -119,6 +139,21 @@ def test_series_round_trip_returns_sr_in_same_study(orthanc, medmm_node, tmp_pat
     _assert_no_phi_anywhere(medmm_node, metrics)
 
 
+@pytest.mark.skipif(not DICOMWEB_PLUGIN.is_file(), reason="Orthanc DICOMweb plugin missing: apt-get install "
+                    "orthanc-dicomweb (.ci/run does)")
+def test_sr_is_retrievable_by_study_uid_over_dicomweb(orthanc, medmm_node, round_trip, tmp_path):
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(url=f"{orthanc['url']}/dicom-web")
+    study_uid = str(round_trip["source"].StudyInstanceUID)
+    found = client.search_for_series(study_instance_uid=study_uid, search_filters={"Modality": "SR"})
+    assert len(found) == 1
+    instances = [ds for ds in client.retrieve_study(study_uid) if ds.Modality == "SR"]
+    assert len(instances) == 1
+    instances[0].save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    assert sr_codes(tmp_path / "sr.dcm") == expected_codes(medmm_node)
+
+
 def test_unlisted_calling_ae_is_rejected(orthanc, medmm_node):
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage
@@ -128,11 +163,6 @@ def test_unlisted_calling_ae_is_rejected(orthanc, medmm_node):
     assoc = ae.associate("127.0.0.1", orthanc["medmm_port"], ae_title="MEDMM")
     assert assoc.is_rejected
     ae.shutdown()
-
-
-def medmm_node_run(server) -> str:
-    args = server.proc.args
-    return args[args.index("--model") + 1]
 
 
 def _assert_no_phi_anywhere(server, metrics: str) -> None:
