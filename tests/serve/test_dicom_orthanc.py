@@ -142,8 +142,8 @@ def test_series_round_trip_returns_sr_in_same_study(orthanc, medmm_node, round_t
 @pytest.mark.skipif(not DICOMWEB_PLUGIN.is_file(), reason="Orthanc DICOMweb plugin missing: apt-get install "
                     "orthanc-dicomweb (.ci/run does)")
 def test_sr_is_retrievable_by_study_uid_over_dicomweb(orthanc, medmm_node, round_trip, tmp_path):
-    from dicomweb_client.api import DICOMwebClient
-
+    DICOMwebClient = pytest.importorskip("dicomweb_client.api", reason="dicomweb-client missing (dev extra)"
+                                         ).DICOMwebClient
     client = DICOMwebClient(url=f"{orthanc['url']}/dicom-web")
     study_uid = str(round_trip["source"].StudyInstanceUID)
     found = client.search_for_series(study_instance_uid=study_uid, search_filters={"Modality": "SR"})
