@@ -101,6 +101,7 @@ def create_app(service: Service) -> FastAPI:
     async def submit_job(request: Request, indication: str | None = Query(None, max_length=500),
                          token: Token = Depends(require("jobs"))) -> JSONResponse:
         """Accept a scan for diagnosis; returns its id and status URL (202)."""
+        _refuse_without_model(service)
         if service.queue_full():
             metrics.rejected.labels(reason="queue").inc()
             raise ApiError(429, f"queue is full ({cfg.limits.max_queue} jobs waiting); retry later",
@@ -113,6 +114,7 @@ def create_app(service: Service) -> FastAPI:
     async def predict(request: Request, indication: str | None = Query(None, max_length=500),
                       token: Token = Depends(require("predict"))) -> Response:
         """Diagnose synchronously (small inputs); returns ``result.json``."""
+        _refuse_without_model(service)
         if service.queue_full():
             metrics.rejected.labels(reason="queue").inc()
             raise ApiError(429, "queue is full; retry later", {"Retry-After": str(_retry_after(service))})
@@ -188,6 +190,12 @@ async def _accept(request: Request, service: Service, token: Token, indication: 
     service.audit.record("accepted", token=token.name, job_id=job_id, input_sha256=sha, outcome="queued",
                          source="http")
     return job
+
+
+def _refuse_without_model(service: Service) -> None:
+    """503 when the model failed to load: accepting work that can never run would only hide it."""
+    if service.load_error:
+        raise ApiError(503, f"model not loaded: {service.load_error}")
 
 
 def _own_job(service: Service, job_id: str, token: Token):

@@ -284,3 +284,17 @@ def test_find_reference_reads_a_typed_run_meta(tmp_path):
     meta = SimpleNamespace(reference={"input_hu": None, "val_positive_rate": {"A": 0.3}})
     assert find_reference(tmp_path, tmp_path, meta)["val_positive_rate"] == {"A": 0.3}
     assert find_reference(tmp_path, tmp_path, SimpleNamespace(reference=None)) is None
+
+
+def test_jobs_refused_with_503_when_the_model_failed_to_load(tmp_path):
+    from fastapi.testclient import TestClient
+
+    client, tokens = _app(tmp_path, **{"limits.rate_burst": 10_000})
+    with TestClient(client.app) as running:  # lifespan runs: loading tmp_path/no_run fails
+        auth = {"Authorization": f"Bearer {tokens['user']}"}
+        wait = time.monotonic() + 30
+        while running.get("/readyz", headers=auth).json().get("error", "").startswith("model is loading"):
+            assert time.monotonic() < wait
+            time.sleep(0.05)
+        r = running.post("/v1/jobs", content=b"x", headers=auth)
+        assert r.status_code == 503 and "not a medmm run directory" in r.json()["error"]
