@@ -28,13 +28,12 @@ import yaml
 from medmm.config import WorkflowConfig, load_workflow
 from medmm.errors import MedmmConfigError
 from medmm.training import distributed, rundir
-from medmm.training.adversarial import perturb
-from medmm.training.histogram_cache import HistogramCache
+from medmm.models.fusion import fusion_texts
+from medmm.models.adversarial import perturb
 from medmm.training.losses import label_fraction_mask, masked_bce, resolve_pos_weight
 from medmm.training.optim import build_optimizer, build_scheduler
-from medmm.training.validation import choose_thresholds, fusion_texts, predict, validation_metrics
-
-RUN_FORMAT = "medmm-run/1"
+from medmm.training.reference import reference_profile
+from medmm.training.validation import choose_thresholds, predict, validation_metrics
 
 
 @dataclass
@@ -59,11 +58,11 @@ class Run:
     model: Any = field(default=None, repr=False)
 
     @property
-    def meta(self) -> dict[str, Any]:
-        """The run's ``medmm.json``."""
-        import json
+    def meta(self) -> Any:
+        """The run's `medmm.models.RunMeta` (its ``medmm.json``)."""
+        from medmm.models import read_run_meta
 
-        return json.loads((self.run_dir / "medmm.json").read_text(encoding="utf-8"))
+        return read_run_meta(self.run_dir)
 
 
 def train(config_or_path: str | Path | Mapping[str, Any] | WorkflowConfig | None = None,
@@ -150,7 +149,7 @@ class Trainer:
     def _setup(self) -> None:
         from medmm.data.dataset import augmented, build_dataset, label_matrix, load_cases, split_cases
         from medmm.knowledge import load_ontology
-        from medmm.models import MedMM
+        from medmm.models import MedMM, derive_network
 
         cfg, t = self.cfg, self.cfg.training
         _seed_all(cfg.seed)
@@ -169,10 +168,12 @@ class Trainer:
 
         self.ontology = load_ontology(cfg.ontology.path, labels=self.labels)
         self.constraints = self.ontology.constraints(self.labels).to(self.device)
-        self._resolve_report_vocabulary(splits["train"])
-        self.model = MedMM(cfg.network, self.labels).to(self.device)
+        self.derived = derive_network(cfg.network, cfg.preprocessing, [c.report or "" for c in splits["train"]])
+        self.model = MedMM(cfg.network, self.labels, self.derived).to(self.device)
         distributed.broadcast_parameters(self.model, self.dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.reference = reference_profile(self.train_base, label_matrix(splits["val"], self.labels), self.labels,
+                                           cfg.preprocessing) if self.writes else None
 
         self.label_mask = label_fraction_mask(len(splits["train"]), len(self.labels), t.label_fraction, cfg.seed)
         train_labels = label_matrix(splits["train"], self.labels)
@@ -184,24 +185,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        # histogram channels of images that are the same every epoch (medmm.training.histogram_cache)
-        budget = t.histogram_cache_mb * 2**20
-        fixed_train = budget > 0 and not cfg.preprocessing.augmentation.enabled
-        self.train_histograms = HistogramCache(self.model.image_encoder, budget // 2) if fixed_train else None
-        self.val_histograms = HistogramCache(self.model.image_encoder, budget // 2) if budget > 0 else None
-
-    def _resolve_report_vocabulary(self, train_cases: list[Any]) -> None:
-        """Fill ``network.report_generator.vocab_ids`` with the tokens of the training reports
-        (``vocabulary: training_reports``); the resolved list is saved with the run's config, so a
-        resumed run and every checkpoint rebuild the same decoder."""
-        from medmm.models.pretrained import load_tokenizer
-        from medmm.models.report_generator import report_vocabulary
-
-        generator = self.cfg.network.report_generator
-        if generator.name_or_path is not None or generator.vocabulary != "training_reports" or generator.vocab_ids:
-            return
-        tokenizer = load_tokenizer(self.cfg.network.text_encoder.name_or_path)
-        generator.vocab_ids = report_vocabulary([c.report or "" for c in train_cases], tokenizer)
+        self.model.cache_fixed_inputs(True)  # the same un-augmented images recur every epoch
 
     def _train_loader(self, epoch: int):
         from monai.data import DataLoader
@@ -275,7 +259,7 @@ class Trainer:
                 t2 = time.perf_counter()
                 self._clear_text_cache()
                 pred = predict(self.model, self._eval_loader(self.val_set), self.device,
-                               t.text.use_generated_report, t.text.use_indication, self.amp, self.val_histograms)
+                               t.text.use_generated_report, t.text.use_indication, self.amp)
                 val = validation_metrics(pred, self.labels, self.eval_labels, self.constraints)
                 thresholds = choose_thresholds(pred["labels"], pred["probs"], self.labels, t.threshold_rule)
                 score = val["val_macro_auroc"] if val["val_macro_auroc"] is not None else -val["val_bce"]
@@ -431,9 +415,7 @@ class Trainer:
                 text_emb = model.encode_text(texts)
             if adversarial:
                 x = self._adversarial(x, y, mask, text_emb)
-            cached = None if adversarial or self.train_histograms is None else \
-                self.train_histograms.lookup(x, batch["case_id"])
-            pooled, tokens = model.embed(model.feature_map(x, cached))
+            pooled, tokens = model.embed(model.feature_map(x))
             logits = model.classify(pooled, text_emb, tokens).float()
             bce = masked_bce(logits, y, mask, self.pos_weight)
             kr = knowledge_loss(torch.sigmoid(logits), self.constraints, cfg.ontology.kr_form)
@@ -481,9 +463,9 @@ class Trainer:
         self.global_step += 1
 
     # ------------------------------------------------------------------------------ outputs
-    def _meta(self, progress: Mapping[str, Any]) -> dict[str, Any]:
-        return rundir.run_meta(self.cfg, self.run_dir, self.labels, self.eval_labels, self.ontology, self.splits,
-                               progress, RUN_FORMAT)
+    def _meta(self, progress: Mapping[str, Any]) -> Any:
+        return rundir.run_meta(self.cfg, self.run_dir, self.derived, self.ontology, self.splits, progress,
+                               self.reference)
 
     def _save_checkpoints(self, progress: Mapping[str, Any], improved: bool) -> None:
         from medmm.models import save_checkpoint
