@@ -26,6 +26,7 @@ import yaml
 
 from medmm.config import WorkflowConfig, load_workflow
 from medmm.errors import MedmmConfigError
+from medmm.io.writers import atomic_write_text
 from medmm.training import distributed, rundir
 from medmm.training.epoch import TrainEpoch
 from medmm.training.losses import label_fraction_mask, resolve_pos_weight
@@ -236,7 +237,7 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
             progress, history = self._restore()
         elif self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            rundir.atomic_write(self.run_dir / rundir.WORKFLOW_FILE,
+            atomic_write_text(self.run_dir / rundir.WORKFLOW_FILE,
                                 yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False))
         self.report_cache: dict[str, str] = dict(progress["report_cache"])
         self.text_embeddings: dict[str, torch.Tensor] = {}
@@ -313,6 +314,6 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         progress = rundir.load_state(self.run_dir, self.optimizer, self.scheduler, self.scaler)
         history = rundir.read_jsonl(self.run_dir / rundir.METRICS_FILE)[: progress["epoch"]]
         if self.writes:
-            rundir.atomic_write(self.run_dir / rundir.WORKFLOW_FILE,
+            atomic_write_text(self.run_dir / rundir.WORKFLOW_FILE,
                                 yaml.safe_dump(self.cfg.to_yaml_dict(), sort_keys=False))
         return progress, history

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from medmm.io.writers import atomic_write_text
 from medmm.training import rundir
 
 
@@ -32,7 +33,7 @@ class RunOutputs:
         timings = rundir.read_jsonl(self.run_dir / rundir.TIMING_FILE)[: record["epoch"] - 1] + [timing]
         rundir.write_jsonl(self.run_dir / rundir.TIMING_FILE, timings)
         rundir.save_state(self.run_dir, self.optimizer, self.scheduler, self.scaler, progress)
-        rundir.atomic_write(self.run_dir / rundir.CARD_FILE, rundir.model_card(self.cfg.name, self._meta(progress), history))
+        atomic_write_text(self.run_dir / rundir.CARD_FILE, rundir.model_card(self.cfg.name, self._meta(progress), history))
         if tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):

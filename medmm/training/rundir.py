@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medmm.io.writers import atomic_write_bytes
+from medmm.io.writers import atomic_write_bytes, atomic_write_text
 from medmm.models.run_meta import hash_patient_id
 
 STATE_JSON = "state.json"
@@ -44,14 +44,9 @@ CARD_FILE = "model_card.md"
 
 
 # ------------------------------------------------------------------------------- atomic writes
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write text (UTF-8) or bytes atomically via :func:`medmm.io.writers.atomic_write_bytes`."""
-    return atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
-
-
 def write_jsonl(path: str | Path, records: list[Mapping[str, Any]]) -> Path:
     """Rewrite a JSON-lines file with ``records`` (atomic; sorted keys so output is reproducible)."""
-    return atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    return atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -137,7 +132,7 @@ def save_state(run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler:
     atomic_write_bytes(run_dir / STATE_TENSORS, save(tensors))
     info = {"optimizer": opt_info, "scheduler": _jsonable(scheduler.state_dict()), "scaler": scaler_state,
             "rng": rng_info, **progress}
-    atomic_write(run_dir / STATE_JSON, json.dumps(_jsonable(info), indent=1, sort_keys=True))
+    atomic_write_text(run_dir / STATE_JSON, json.dumps(_jsonable(info), indent=1, sort_keys=True))
 
 
 def load_state(run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> dict[str, Any]:

@@ -51,16 +51,12 @@ def predict(model: Any, loader: Any, device: torch.device, use_generated_report:
 
 
 def per_label_auroc(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
-    """AUROC of each label that has both classes among its known (>= 0) entries."""
-    from sklearn.metrics import roc_auc_score
+    """AUROC of each label that has both classes among its known (>= 0) entries
+    (`medmm.evaluation.metrics.auroc`, the one AUROC)."""
+    from medmm.evaluation.metrics import auroc
 
-    out: dict[str, float] = {}
-    for j, name in enumerate(labels):
-        known = y[:, j] >= 0
-        yj = y[known, j]
-        if yj.size and 0 < yj.sum() < yj.size:
-            out[name] = float(roc_auc_score(yj, p[known, j]))
-    return out
+    scores = {name: auroc(y[:, j], p[:, j]) for j, name in enumerate(labels)}
+    return {name: value for name, value in scores.items() if not np.isnan(value)}
 
 
 def macro_auroc(per_label: dict[str, float], subset: Sequence[str] | None = None) -> float | None:
