@@ -11,8 +11,8 @@ from training_helpers import tiny_workflow
 
 
 @pytest.fixture
-def bench(load_benchmark):
-    return load_benchmark("seed_spread")
+def bench(load_experiment):
+    return load_experiment("seed_spread")
 
 
 def test_spread_and_paired_statistics(bench):
