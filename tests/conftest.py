@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `medmm demo` / `medmm train --default` register a default model: never in the user's own config
+os.environ["MEDMM_HOME"] = tempfile.mkdtemp(prefix="medmm_home_")
+os.environ.pop("MEDMM_MODEL", None)
 
 
 def pytest_collection_modifyitems(config, items):
