@@ -7,14 +7,7 @@ Public API::
 
 from __future__ import annotations
 
-from medmm.config.network import (
-    FusionConfig,
-    ImageEncoderConfig,
-    ModelConfig,
-    NetworkDerived,
-    ReportGeneratorConfig,
-    TextEncoderConfig,
-)
+from medmm.config.network import ModelConfig, NetworkDerived
 from medmm.models.checkpoint import load_checkpoint, save_checkpoint
 from medmm.models.derived import derive_network
 from medmm.models.fusion import FusionHead, fusion_text, fusion_texts
@@ -25,19 +18,15 @@ from medmm.models.report_generator import ReportGenerator
 from medmm.models.text_encoder import TextEncoder
 
 __all__ = [
-    "FusionConfig",
     "FusionHead",
     "ImageEncoder",
-    "ImageEncoderConfig",
     "MedMM",
     "ModelConfig",
     "NetworkDerived",
     "RunMeta",
     "StepOutput",
     "ReportGenerator",
-    "ReportGeneratorConfig",
     "TextEncoder",
-    "TextEncoderConfig",
     "derive_network",
     "fusion_text",
     "fusion_texts",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmm.models.config import ReportGeneratorConfig
+from medmm.config.network import ReportGeneratorConfig
 from medmm.models.pretrained import load_causal_lm, load_tokenizer
 
 IGNORE_INDEX = -100  # label value cross-entropy skips (transformers' convention)

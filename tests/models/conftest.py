@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medmm.models import FusionConfig, ImageEncoderConfig, ModelConfig, ReportGeneratorConfig, TextEncoderConfig
+from medmm.config import FusionConfig, ImageEncoderConfig, ModelConfig, ReportGeneratorConfig, TextEncoderConfig
 
 WORDS = (
     "no pleural effusion mild moderate emphysema nodule ##s in the right left upper lower lobe lobes "

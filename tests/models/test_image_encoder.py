@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmm.models import ImageEncoder, ImageEncoderConfig
+from medmm.config import ImageEncoderConfig
+from medmm.models import ImageEncoder
 
 # name -> feature-map channels of the default widths
 BACKBONES = [

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmm.models import ReportGenerator, ReportGeneratorConfig
+from medmm.config import ReportGeneratorConfig
+from medmm.models import ReportGenerator
 from medmm.models.pretrained import load_tokenizer
 from medmm.models.report_generator import report_vocabulary, special_token_ids, tidy_report
 
