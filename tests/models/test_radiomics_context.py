@@ -190,18 +190,6 @@ def test_a_one_scan_training_batch_uses_the_running_statistics(radiomics_model):
     assert torch.isfinite(pooled).all() and torch.equal(model.radiomics.context_norm.running_mean, before)
 
 
-def test_quantised_positions_cover_every_level():
-    """Every fine lookup level maps to a valid position, and positions hit every bin centre."""
-    hist = ContextHistogram(CENTRES, CONTEXT, [3], subdivisions=4)
-    for d, centres in enumerate((CENTRES, CONTEXT)):
-        lookup, weights = hist._axis("lookup", d), hist._axis("weights", d)
-        assert int(lookup.min()) == 0 and int(lookup.max()) == weights.shape[0] - 1
-        torch.testing.assert_close(weights.sum(1), torch.ones(weights.shape[0]))
-        on_centres = weights[:: hist.subdivisions]
-        torch.testing.assert_close(on_centres, torch.eye(len(centres)))
-    assert hist.shape[:2] == (len(CENTRES), len(CONTEXT))
-
-
 @pytest.mark.parametrize("make", [
     lambda: ContextHistogram(CENTRES, CONTEXT, [3]),
     lambda: IntensityHistogram(CENTRES),
@@ -273,38 +261,3 @@ def test_central_region_must_be_three_fractions():
     for bad in ([0.5, 0.5], [0.5, 0.0, 1.0], [0.5, 1.5, 1.0]):
         with pytest.raises(ValueError, match="central_region"):
             ContextHistogramConfig(hu=[0, 1], context_hu=[0, 1], central_region=bad)
-
-
-def test_histogram_normalisers_average_every_batch_seen(radiomics_model):
-    """Histogram features do not depend on trained weights: the normaliser's running mean is the
-    plain mean over all training batches, not an exponential average of the last few."""
-    model = radiomics_model(intensity=CENTRES, context=CONTEXT_SECTION).train()
-    branch = model.radiomics
-    batches = [torch.rand(2, 1, 64, 64, 64, generator=torch.Generator().manual_seed(i)) * (0.2 + 0.2 * i)
-               for i in range(3)]
-    seen = []
-    for x in batches:
-        fmap = model.feature_map(x)
-        ctx = fmap[:, model.image_encoder.channels + branch.histogram_channels:]
-        seen.append(torch.log(ctx.mean(dim=(2, 3, 4)) + HISTOGRAM_EPS).mean(0))
-        model.embed(fmap)
-    for norm in (branch.context_norm, branch.histogram_norm, branch.token_histogram_norm):
-        assert norm.momentum is None and int(norm.num_batches_tracked) == 3
-    torch.testing.assert_close(branch.context_norm.running_mean, torch.stack(seen).mean(0), rtol=1e-5, atol=1e-5)
-
-
-def test_training_standardises_with_the_running_statistics_not_the_batch():
-    """Like inference: a scan's standardised features do not depend on the other scans of its
-    batch beyond their share of the running average."""
-    from medmm.models.radiomics.branch import _fixed_input_norm, _standardise
-
-    norm = _fixed_input_norm(4).train()
-    gen = torch.Generator().manual_seed(0)
-    history = [torch.randn(8, 4, generator=gen) * 3 + 1 for _ in range(5)]
-    for batch in history:
-        out = _standardise(norm, batch)
-    seen = torch.cat(history)
-    torch.testing.assert_close(norm.running_mean, seen.mean(0), rtol=1e-5, atol=1e-5)
-    expected = (history[-1] - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
-    torch.testing.assert_close(out, expected)
-    assert not torch.allclose(out, (history[-1] - history[-1].mean(0)) / history[-1].std(0, unbiased=False))
