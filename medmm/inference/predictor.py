@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from medmm.errors import MedmmConfigError, MedmmInputError
+from medmm.errors import MedmmInputError
 from medmm.inference.explain import GradCamExplainer
 from medmm.inference.result import Result
 from medmm.inference.sliding import compute_feature_map, needs_sliding_window
@@ -328,12 +328,7 @@ def load_model(
         checkpoint = "last"  # a run interrupted before its first validation has only ``last``
     model, meta = load_checkpoint(run_dir, name=checkpoint)
     onto = ontology if ontology is not None else _load_ontology(run_dir, meta)
-    if onto.sha256 != meta.ontology.sha256 and not allow_ontology_mismatch:
-        raise MedmmConfigError(
-            run_dir / "medmm.json",
-            f"ontology sha256 {onto.sha256[:12]}... differs from the one used in training "
-            f"({meta.ontology.sha256[:12]}...); pass allow_ontology_mismatch=True to use it anyway",
-        )
+    onto.check_compatible(meta.ontology.sha256, allow_mismatch=allow_ontology_mismatch)
     return Predictor(model, meta, run_dir, checkpoint, device, onto)
 
 
