@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from medmm.config.base import Strict as _Strict
 from medmm.errors import MedmmConfigError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Limits(_Strict):
@@ -48,6 +45,13 @@ class DicomNode(_Strict):
     quiet_seconds: float = Field(5.0, gt=0, description="a series is complete after this long without new images")
     sr_keep_phi: bool = Field(True, description="SR sent back keeps patient/study identity so the PACS files it "
                               "with its study (it returns to the PACS it came from); stored copies never do")
+
+    @model_validator(mode="after")
+    def _needs_allow_list(self) -> "DicomNode":
+        if self.port is not None and not self.allow_ae:
+            raise ValueError("allow_ae is empty: list the calling AE titles to accept (--allow-ae); "
+                             "an open DICOM node would accept any sender")
+        return self
 
     @field_validator("send_to")
     @classmethod
@@ -83,13 +87,6 @@ class ServeConfig(_Strict):
     limits: Limits = Field(default_factory=Limits)
     dicom: DicomNode = Field(default_factory=DicomNode)
     drift: Drift = Field(default_factory=Drift)
-
-    @model_validator(mode="after")
-    def _dicom_needs_allow_list(self) -> "ServeConfig":
-        if self.dicom.port is not None and not self.dicom.allow_ae:
-            raise ValueError("dicom.allow_ae: list the calling AE titles to accept (--allow-ae); "
-                             "an open DICOM node would accept any sender")
-        return self
 
     def loopback(self) -> bool:
         """True when the HTTP server is bound to a loopback address only."""
@@ -140,6 +137,6 @@ def load_serve_config(path: str | Path | None, overrides: dict[str, Any] | None 
     try:
         return ServeConfig(**data)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise MedmmConfigError(where, f"{key}: {first['msg']}") from None
+        from medmm.config import format_validation_error
+
+        raise MedmmConfigError(where, format_validation_error(err, ServeConfig)) from None
