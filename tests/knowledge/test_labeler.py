@@ -17,7 +17,8 @@ from .conftest import CHAIN_TTL
 HERE = Path(__file__).parent
 # Floors a little below the measured F1 (see docs/knowledge.md), so regressions fail.
 FLOORS = {"labeler_sentences.tsv": 0.95, "labeler_sentences_heldout.tsv": 0.90,
-          "data/real_style_sentences.tsv": 0.95, "data/real_style_heldout.tsv": 0.95}
+          "data/real_style_sentences.tsv": 0.95, "data/real_style_heldout.tsv": 0.95,
+          "data/real_style_posthoc.tsv": 0.93}
 # Per-finding recall floor on the real-style set: every finding, the issue-16 misses included.
 RECALL_FLOOR = 0.85
 
