@@ -45,6 +45,11 @@ def train(data: Path, text_column: str, out: Path, model: str, label_list: str |
 
     labels = [s.strip() for s in label_list.split(",") if s.strip()] if label_list else list(CT_RATE_FINDINGS)
     table = read_report_table(data, text_column, labels)
+    if len(table.texts) < 4 or (folds and not 2 <= folds <= len(table.texts) // 2):
+        from medmm.errors import MedmmInputError
+
+        raise MedmmInputError(data, f"{len(table.texts)} reports are too few to train"
+                                    + (f" with {folds}-fold cross-validation" if folds else "") + " (need >= 4, and >= 2 per fold)")
     cfg = LabelerTrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
                              val_fraction=val_fraction, patience=patience, seed=seed, max_steps=max_steps)
     cv = None

@@ -194,11 +194,13 @@ def test_cli_train_and_label(tmp_path, capsys, reports, tiny_bert):
     (["data", "label", "--data", "{tmp}/reports.csv", "--text-column", "text", "--out", "{tmp}/o.csv"], "no column 'text'"),
     (["data", "label", "--data", "{tmp}/reports.csv", "--labeler", "{tmp}", "--out", "{tmp}/o.csv"], "not a learned labeler folder"),
     (["labeler", "train", "--data", "{tmp}/partial.csv", "--out", "{tmp}/lab"], "missing label column"),
+    (["labeler", "train", "--data", "{tmp}/three.csv", "--out", "{tmp}/lab"], "three.csv: 3 reports are too few"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, reports, args, match):
     texts, y = reports
     write_csv(tmp_path / "reports.csv", texts[:6], y[:6])
     write_csv(tmp_path / "partial.csv", texts[:6], y[:6], drop=("Hiatal hernia",))
+    write_csv(tmp_path / "three.csv", texts[:3], y[:3])
     res = run_cli(capsys, *[a.format(tmp=tmp_path) for a in args])
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
