@@ -135,6 +135,8 @@ def test_real_style_set_covers_every_finding_with_recall(labeler):
         ("Pericardial thickening and effusion were observed.", {"Pericardial effusion"}),  # not pleural
         ("No fluid in the pleural or pericardial spaces.", set()),
         ("Part of the stomach herniates through the esophageal hiatus.", {"Hiatal hernia"}),
+        ("The bronchi are dilated in the lower lobes.", {"Bronchiectasis"}),
+        ("Trachea and main bronchi are of normal caliber, not dilated.", set()),
         ("Calcified atherosclerotic changes in the thoracic aorta and coronary artery wall.",
          {"Arterial wall calcification", "Coronary artery wall calcification"}),
         ("Calcified atherosclerotic changes in the aorta, coronary arteries are free of calcification.",
