@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from medmm.data.synth.texts import synthetic_reports
     from medmm.knowledge import ReportLabeler, label_f1, load_ontology
     from medmm.knowledge.label_scores import read_sentence_tsv
-    from medmm.knowledge.labeler_training import LabelerTrainConfig, cross_validate, train_labeler
+    from medmm.training.report_labeler import LabelerTrainConfig, cross_validate, train_labeler
     from medmm.labels import CT_RATE_FINDINGS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -107,8 +107,8 @@ def check(path: str, no_files: bool) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="CSV to write (input columns + one 0/1 column per finding).")
 def label(data_path: Path, text_column: str, labeler_spec: str, out: Path) -> None:
     """Label reports: add one 0/1 column per finding (uncertain mentions count as 1, as in CT-RATE)."""
-    from medmm.knowledge.learned_labeler import load_labeler
-    from medmm.knowledge.report_table import read_report_table, write_labelled_table
+    from medmm.data.report_table import read_report_table, write_labelled_table
+    from medmm.models.report_labeler import load_labeler
 
     table = read_report_table(data_path, text_column)
     labeler = load_labeler(labeler_spec)

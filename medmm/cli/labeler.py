@@ -1,5 +1,5 @@
 """``medmm labeler``: train a learned report labeler from manually labelled reports (thin layer over
-:mod:`medmm.knowledge.labeler_training`)."""
+:mod:`medmm.training.report_labeler`)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def train(data: Path, text_column: str, out: Path, model: str, label_list: str |
     """Fine-tune an encoder to the findings on labelled reports; write safetensors + labeler.json."""
     import json
 
-    from medmm.knowledge.labeler_training import LabelerTrainConfig, cross_validate, train_labeler
-    from medmm.knowledge.report_table import read_report_table
+    from medmm.data.report_table import read_report_table
+    from medmm.training.report_labeler import LabelerTrainConfig, cross_validate, train_labeler
     from medmm.labels import CT_RATE_FINDINGS
 
     labels = [s.strip() for s in label_list.split(",") if s.strip()] if label_list else list(CT_RATE_FINDINGS)

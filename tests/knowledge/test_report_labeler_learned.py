@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medmm.data.report_table import read_report_table
 from medmm.data.synth.texts import synthetic_report, synthetic_reports
 from medmm.errors import MedmmInputError
-from medmm.knowledge.labeler_training import LabelerTrainConfig, choose_thresholds, cross_validate, train_labeler
-from medmm.knowledge.learned_labeler import LearnedLabeler, load_labeler
-from medmm.knowledge.report_table import read_report_table
 from medmm.labels import CT_RATE_FINDINGS
+from medmm.models.report_labeler import LearnedLabeler, load_labeler
+from medmm.training.report_labeler import LabelerTrainConfig, choose_thresholds, cross_validate, train_labeler
 
 LABELS = list(CT_RATE_FINDINGS)
 FAST = dict(epochs=1, batch_size=8, lr=1e-3, max_length=64, max_steps=2)

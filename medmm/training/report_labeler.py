@@ -1,4 +1,4 @@
-"""Fine-tune a BERT-style encoder into a :class:`~medmm.knowledge.learned_labeler.LearnedLabeler`,
+"""Fine-tune a BERT-style encoder into a :class:`~medmm.models.report_labeler.LearnedLabeler`,
 and k-fold cross-validate it.
 
 Recipe (as CT-RATE's report classifier: a pretrained encoder fine-tuned on ~1,000 manual labels):
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medmm.data.report_table import UNKNOWN
 from medmm.errors import MedmmInputError
 from medmm.knowledge.label_scores import label_f1
-from medmm.knowledge.learned_labeler import LabelerNet, LearnedLabeler
-from medmm.knowledge.report_table import UNKNOWN
+from medmm.models.report_labeler import LabelerNet, LearnedLabeler
 
 log = logging.getLogger(__name__)
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
