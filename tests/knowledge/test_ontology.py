@@ -188,3 +188,15 @@ def test_graph_view(onto):
     assert onto.ancestors("Coronary artery wall calcification") >= {"Arterial wall calcification",
                                                                       "Cardiovascular finding"}
     assert "Consolidation" in onto.descendants("Lung parenchyma finding")
+
+
+def test_report_modifiers_belong_to_findings_with_a_site(onto):
+    """ct:reportModifier words only make sense next to the finding's anatomical site terms."""
+    from medmm.knowledge.labeler import REPORT_MODIFIER
+
+    with_modifiers = {str(s) for s in onto.rdf.subjects(REPORT_MODIFIER, None)}
+    assert len(with_modifiers) >= 8
+    for label in CT_RATE_FINDINGS:
+        if onto.graph.nodes[label]["iri"] in with_modifiers:
+            site = onto.anatomical_site(label)
+            assert site is not None and onto.synonyms(site), label
