@@ -1,4 +1,4 @@
-"""``medmm infer PATH --model RUN_DIR``: diagnose one scan, a folder of scans or a manifest.
+"""``medmm infer PATH [--model RUN_DIR]``: diagnose one scan, a folder of scans or a manifest.
 
 Thin layer over :mod:`medmm.inference`: heavy imports happen inside the command.
 """
@@ -12,7 +12,9 @@ import click
 
 @click.command("infer")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--model", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory from `medmm train`.")
+@click.option("--model", "run_dir", default=None, type=click.Path(path_type=Path),
+              help="Run directory from `medmm train` (default: $MEDMM_MODEL, else the one `medmm demo` or "
+                   "`medmm train --default` registered).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Output folder (default ./medmm_out/<scan name>; in batch mode ./medmm_out/).")
 @click.option("--series", default=None, help="DICOM series UID (or unique suffix) when a folder holds several.")
@@ -27,7 +29,7 @@ import click
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar / findings table.")
 def infer(
     path: Path,
-    run_dir: Path,
+    run_dir: Path | None,
     out: Path | None,
     series: str | None,
     indication: str | None,
@@ -43,6 +45,7 @@ def infer(
     """Diagnose PATH (DICOM file/folder/zip, NIfTI, a folder of scans, or a CSV/JSONL manifest)."""
     from medmm.errors import MedmmInputError
     from medmm.inference import load_model
+    from medmm.inference.default_model import output_source, resolve_model
     from medmm.inference.batch import discover_jobs, is_batch_input, run_batch
     from medmm.inference.writers import check_out_dir, default_out_dir, write_outputs
 
@@ -52,8 +55,11 @@ def infer(
     if batch and series:
         raise MedmmInputError(path, "--series applies to a single scan, not to a batch")
     # validate the output location before spending time on the model
-    out_dir = out if out is not None else (Path.cwd() / "medmm_out" if batch else default_out_dir(path))
+    out_dir = out if out is not None else (Path.cwd() / "medmm_out" if batch else default_out_dir(output_source(path)))
     check_out_dir(out_dir, path)
+    run_dir, origin = resolve_model(run_dir)
+    if origin:
+        click.echo(origin, err=True)
     predictor = load_model(run_dir, device=device, checkpoint=checkpoint, allow_ontology_mismatch=allow_ontology_mismatch)
     options = {"html": not no_html, "dicom_sr": dicom_sr, "fhir": fhir, "keep_phi": keep_phi}
 

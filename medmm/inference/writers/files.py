@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medmm.errors import MedmmInputError
-from medmm.io.writers import atomic_write_bytes
+from medmm.io.writers import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 
 _SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm")
 
@@ -54,11 +54,6 @@ def check_out_dir(out_dir: str | Path, input_path: str | Path | None) -> Path:
     elif out == src.parent:
         raise MedmmInputError(out_dir, "output folder is the input file's folder; pass --out to a separate folder")
     return out
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """UTF-8 text through :func:`medmm.io.writers.atomic_write_bytes` (temp file + ``os.replace``)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_outputs(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medmm.inference.result import findings_table_html
-from medmm.inference.writers.files import atomic_write_text
+from medmm.io.writers import atomic_write_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
