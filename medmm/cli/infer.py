@@ -9,11 +9,13 @@ from pathlib import Path
 
 import click
 
+from medmm.cli import path_value
+
 
 @click.command("infer")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--model", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory from `medmm train`.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+@click.argument("path", type=click.Path(), callback=path_value)
+@click.option("--model", "run_dir", required=True, type=click.Path(), callback=path_value, help="Run directory from `medmm train`.")
+@click.option("--out", "out", type=click.Path(), callback=path_value, default=None,
               help="Output folder (default ./medmm_out/<scan name>; in batch mode ./medmm_out/).")
 @click.option("--series", default=None, help="DICOM series UID (or unique suffix) when a folder holds several.")
 @click.option("--indication", default=None, help="Clinical indication given to the model with the generated report.")
