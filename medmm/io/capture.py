@@ -43,7 +43,7 @@ class _Collect(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.counts[f"{record.name}: {deidentify(record.getMessage())}"] += 1
+            self.counts[deidentify(record.getMessage())] += 1
         except Exception:  # a broken log record must never break a run
             self.counts[f"{record.name}: (unprintable warning)"] += 1
 
@@ -68,7 +68,7 @@ def library_warnings_deidentified(echo: Callable[[str], None] | None = None) -> 
     saved = [(lg.propagate, lg.level) for lg in loggers]
 
     def show(message, category, filename, lineno, file=None, line=None):
-        counts[f"{category.__name__}: {deidentify(message)}"] += 1
+        counts[deidentify(message)] += 1  # pydicom both warns and logs: one key for both
 
     _state.active = True
     try:
@@ -87,4 +87,4 @@ def library_warnings_deidentified(echo: Callable[[str], None] | None = None) -> 
             lg.setLevel(level)
         out = echo or _stderr
         for text, n in counts.items():
-            out(f"warning: {text}" + (f" ({n} times)" if n > 1 else ""))
+            out(f"warning: {text}" + (f" (x{n})" if n > 1 else ""))

@@ -133,7 +133,11 @@ def _read_with_pydicom(h: SliceHeader, ts: str, nbytes: int) -> np.ndarray:
     from pydicom.uid import UID
 
     uid = UID(ts) if ts else None
-    if uid is not None and uid.is_compressed:
+    try:
+        compressed = uid is not None and uid.is_compressed
+    except ValueError:  # pydicom: "UID is not a transfer syntax" (damaged file meta header)
+        raise MedmmInputError(h.path, "the file meta header names no known transfer syntax") from None
+    if compressed:
         try:
             decoder = get_decoder(uid)
         except NotImplementedError:
@@ -142,7 +146,7 @@ def _read_with_pydicom(h: SliceHeader, ts: str, nbytes: int) -> np.ndarray:
             raise MedmmInputError(h.path, f"pixel data is compressed ({uid.name}) and no decoder is installed: {CODECS_HINT}")
     try:
         ds = pydicom.dcmread(h.path)
-        if uid is not None and not uid.is_compressed and len(ds.PixelData) < nbytes:
+        if uid is not None and not compressed and len(ds.PixelData) < nbytes:
             raise MedmmInputError(h.path, f"truncated pixel data: {len(ds.PixelData)} of {nbytes} bytes")
         arr = np.asarray(ds.pixel_array)
     except MedmmInputError:
