@@ -30,7 +30,7 @@ _state = threading.local()
 def deidentify(message: str) -> str:
     """A library message with quoted values, UIDs and digit runs (IDs, dates) removed, one line."""
     text = redact_uids(str(message))
-    text = _QUOTED.sub("'…'", text)
+    text = _QUOTED.sub("'...'", text)
     text = _DIGITS.sub("<n>", text)
     text = " ".join(one_line(" ".join(text.split())).split())
     return text[:_MAX_LEN]
