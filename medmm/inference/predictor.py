@@ -170,26 +170,30 @@ class Predictor:
         return TensorPrediction(logits.cpu(), probs_raw.cpu(), probs.cpu(), reports, texts)
 
     # -------------------------------------------------------------- predict
-    def predict(self, path_or_volume: Any, indication: str | None = None, series: str | None = None) -> Result:
+    def predict(self, path_or_volume: Any, indication: str | None = None, series: str | None = None,
+                force: bool = False) -> Result:
         """Diagnose one scan (DICOM file/folder/zip, NIfTI, or a :class:`medmm.io.Volume`).
 
         Args:
             path_or_volume: what to diagnose.
             indication: optional clinical indication, given to the text encoder with the report.
             series: DICOM series UID (suffix) when a folder holds several series.
+            force: diagnose an input the plausibility gate refuses (its reasons become warnings).
 
         Returns:
             :class:`Result` with raw and ontology-consistent probabilities, decisions, the
             generated report and a Grad-CAM explainer.
 
         Raises:
-            MedmmInputError: the input cannot be read.
+            MedmmInputError: the input cannot be read, or is clearly not a chest CT
+                (``inference/plausibility.py``; ``force=True`` overrides).
         """
         from medmm.data.transforms import preprocess_volume
         from medmm.knowledge import make_consistent
 
         start = time.perf_counter()
         volume = self._load(path_or_volume, series)
+        input_warnings = _plausibility(volume, self.meta, force, path_or_volume)  # i21 hook: input gate
         input_info = _input_info(volume)
         volume_affine = volume.affine
         source_files = list(volume.source_files)
@@ -256,6 +260,7 @@ class Predictor:
             image=image_np,
             image_affine=image_affine,
             source_files=source_files,
+            warnings=input_warnings,
             _explainer=explainer,
         )
 
@@ -442,6 +447,14 @@ def _affine_of(image: Any, volume_affine: np.ndarray, cfg: Any) -> np.ndarray:
         norms = np.linalg.norm(ras[:3, :3], axis=0)
         ras[:3, :3] = ras[:3, :3] / norms * np.asarray(cfg.spacing, dtype=np.float64)
     return ras
+
+
+def _plausibility(volume: Any, meta: dict[str, Any], force: bool, source: Any) -> list[str]:
+    """Refuse a clearly implausible input, else its warnings (see ``inference/plausibility.py``)."""
+    from medmm.inference.plausibility import check_input
+    from medmm.io import Volume
+
+    return check_input(volume, meta, force=force, where=None if isinstance(source, Volume) else source)
 
 
 def _input_info(volume: Any) -> dict[str, Any]:

@@ -172,6 +172,50 @@ def _mask_stored_bits(h: SliceHeader, stored: np.ndarray) -> np.ndarray:
     return (stored << shift) >> shift
 
 
+# Extended CT scales (e.g. Siemens extended HU) reach 30710 HU; no CT value lies beyond.
+CT_MAX_HU = 30710.0
+CT_MIN_HU = -10240.0
+SIGNED_MISREAD_NOTE = (
+    "PixelRepresentation says unsigned, but stored values with the sign bit set would be above "
+    f"{CT_MAX_HU:.0f} HU (beyond any CT scale) while as two's complement they are ordinary CT "
+    "numbers; read them as signed"
+)
+
+
+def signed_misread(stored: np.ndarray, f: ImageFields, slope: float, intercept: float) -> bool:
+    """True when CT pixels labelled unsigned (PixelRepresentation 0) are really two's complement.
+
+    Some exporters write int16 CT numbers (air = -1000 with intercept 0) but declare
+    PixelRepresentation 0, so air reads as 64536 and the rescale gives +64536 HU. Only values
+    with the sign bit (bit BitsStored-1) set differ between the two readings, so the question is
+    whether *those* values are possible as unsigned: a CT number above `CT_MAX_HU` is not, on any
+    scanner. The signed reading is chosen only if it puts every such value inside the CT scale;
+    otherwise the data are left as declared (and the plausibility gate judges them). Deciding per
+    slice is consistent: a slice without sign-bit values reads the same both ways.
+    """
+    if f.modality != "CT" or f.pixel_representation != 0 or stored.dtype.kind != "u" or stored.size == 0:
+        return False
+    bits = f.bits_stored or stored.dtype.itemsize * 8
+    sign = 1 << (bits - 1)
+    top = int(stored.max())
+    if top < sign:
+        return False
+    as_unsigned = sorted((top * slope + intercept, sign * slope + intercept))
+    if as_unsigned[1] <= CT_MAX_HU:
+        return False  # the largest reading is still a possible CT number: believe the header
+    low = int(stored[stored >= sign].min())
+    as_signed = [(v - (1 << bits)) * slope + intercept for v in (low, top)]
+    return all(CT_MIN_HU <= v <= CT_MAX_HU for v in as_signed)
+
+
+def to_signed(stored: np.ndarray, f: ImageFields) -> np.ndarray:
+    """Two's-complement reading of unsigned stored values over BitsStored bits (int32)."""
+    bits = f.bits_stored or stored.dtype.itemsize * 8
+    out = stored.astype(np.int32)
+    out[out >= (1 << (bits - 1))] -= 1 << bits
+    return out
+
+
 def rescale_params(slope, intercept, path: Path) -> tuple[float, float]:
     """(slope, intercept) of the Modality LUT rescale as floats; missing values mean (1, 0).
 
@@ -247,5 +291,8 @@ def decode_file(path: str | Path) -> np.ndarray:
     slopes, intercepts = frame_rescale(h)
     out = np.empty(stored.shape, dtype=np.float32)
     for f in range(stored.shape[0]):
-        to_float(stored[f], h.f, slopes[f], intercepts[f], out=out[f])
+        frame = stored[f]
+        if signed_misread(frame, h.f, slopes[f], intercepts[f]):
+            frame = to_signed(frame, h.f)
+        to_float(frame, h.f, slopes[f], intercepts[f], out=out[f])
     return out
