@@ -38,8 +38,13 @@ OUTPUT_FILES = {"dicom_sr": "report_sr.dcm", "fhir": "fhir.json", "html": "repor
 MARKER = OUTPUT_FILES["json"]
 STAGING_PREFIX = ".medmm-staging-"
 LOCK_TIMEOUT_S = 900.0
-_held: dict[Path, int] = {}  # folders this process has locked -> nesting depth
-_held_lock = threading.Lock()
+_local = threading.local()  # folders this thread has locked -> nesting depth (re-entrant per thread)
+
+
+def _held() -> dict[Path, int]:
+    if not hasattr(_local, "held"):
+        _local.held = {}
+    return _local.held
 
 
 def _debris(out: Path) -> list[Path]:
@@ -131,12 +136,12 @@ class OutputFolder:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no folder locking
             return
-        with _held_lock:
-            if out in _held:  # this process already holds it (CLI around write_outputs)
-                _held[out] += 1
-                self._fd = -1
-                return
-        fd = os.open(out, os.O_RDONLY)
+        held = _held()
+        if out in held:  # this thread already holds it (the CLI around write_outputs)
+            held[out] += 1
+            self._fd = -1
+            return
+        fd = os.open(out, os.O_RDONLY)  # flock is per open file: other threads/processes wait
         deadline = time.monotonic() + self.timeout
         told = False
         while True:
@@ -153,18 +158,16 @@ class OutputFolder:
                         self.out_dir, f"output folder is in use by another medmm run (waited {self.timeout:.0f} s)"
                     ) from None
                 time.sleep(0.1)
-        with _held_lock:
-            _held[out] = 1
+        held[out] = 1
         self._fd = fd
 
     def _unlock(self, out: Path) -> None:
         if self._fd is None:
             return
-        with _held_lock:
-            _held[out] = _held.get(out, 1) - 1
-            last = _held[out] <= 0
-            if last:
-                _held.pop(out, None)
+        held = _held()
+        held[out] = held.get(out, 1) - 1
+        if held[out] <= 0:
+            held.pop(out, None)
         if self._fd >= 0:
             os.close(self._fd)  # closing the descriptor drops the flock
         self._fd = None
