@@ -25,7 +25,6 @@ import pytest
 
 from medmm.errors import MedmmInputError
 from medmm.inference.writers import write_outputs
-from medmm.inference.writers.outfolder import OutputFolder
 from medmm.io.writers import write_nifti
 
 from .realrun import AFFINE, one_error_line, phantom, run_cli, shared_run, write_phi_series
@@ -208,6 +207,8 @@ def test_concurrent_writers_never_mix_scans(results, tmp_path):
 
 
 def test_a_locked_folder_makes_the_second_run_wait_then_time_out(results, tmp_path):
+    from medmm.inference.writers.outfolder import OutputFolder
+
     out = tmp_path / "o"
     waited = []
     with OutputFolder(out):
