@@ -52,13 +52,14 @@ def infer(
     from medmm.inference.writers import default_out_dir
     from medmm.inference.writers.files import write_into
     from medmm.inference.writers.outfolder import OutputFolder
+    from medmm.io.text import one_line
 
     if not path.exists():
         raise MedmmInputError(path, "does not exist")
     batch = is_batch_input(path)
     if batch and series:
         raise MedmmInputError(path, "--series applies to a single scan, not to a batch")
-    echo_err = lambda m: click.echo(m, err=True)  # noqa: E731
+    echo_err = lambda m: click.echo(one_line(m), err=True)  # noqa: E731
     # the output folder is checked, locked and cleaned before time is spent on the model
     out_dir = out if out is not None else (Path.cwd() / "medmm_out" if batch else default_out_dir(path))
     options = {"html": not no_html, "dicom_sr": dicom_sr, "fhir": fhir, "keep_phi": keep_phi}
@@ -70,7 +71,7 @@ def infer(
             summary = run_batch(predictor, jobs, out_dir, options, progress=not quiet, echo=echo_err, force=force)
             for line in summary.lines():
                 click.echo(line)
-            click.echo(f"outputs: {out_dir}")
+            click.echo(f"outputs: {one_line(out_dir)}")
             return
         result = predictor.predict(path, indication=indication, series=series, force=force)
         for warning in getattr(result, "warnings", None) or []:
@@ -80,4 +81,4 @@ def infer(
         click.echo(result.summary())
         click.echo("")
     for kind, file in written.items():
-        click.echo(f"{kind}: {file}")
+        click.echo(f"{kind}: {one_line(file)}")
