@@ -83,7 +83,9 @@ def _one_scan(out: Path) -> None:
 
 
 def _debris(out: Path) -> list[str]:
-    return sorted(p.name for p in out.rglob(".*"))
+    """Hidden files inside ``out`` and staging folders next to it."""
+    inside = [p.name for p in out.rglob(".*")]
+    return sorted(inside + [p.name for p in out.parent.glob(f".{out.name}.medmm-staging-*")])
 
 
 # ------------------------------------------------------------------ stale outputs
@@ -150,6 +152,8 @@ def test_debris_and_incomplete_sets_are_cleaned_on_start(results, tmp_path):
     out = tmp_path / "o"
     (out / ".medmm-staging-4242-abcd").mkdir(parents=True)
     (out / ".medmm-staging-4242-abcd" / "report_sr.dcm").write_bytes(b"half")
+    (tmp_path / ".o.medmm-staging-4243-efgh").mkdir()
+    (tmp_path / ".o.medmm-staging-4243-efgh" / ".report_sr.dcm.x.tmp").write_bytes(b"half")
     (out / ".report_sr.dcm.k1ll3d.tmp").write_bytes(b"half")
     (out / ".result.json.x.tmp").write_bytes(b"{")
     (out / "report.html").write_text("<html>of a killed run, no result.json</html>")
@@ -168,7 +172,7 @@ def test_sigkill_mid_write_then_rerun_leaves_one_clean_set(scans, tmp_path, tmp_
     try:
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
-            if out.exists() and any(p.name.startswith(".medmm-staging-") for p in out.iterdir()):
+            if any(tmp_path.glob(".out.medmm-staging-*")):
                 break
             time.sleep(0.01)
         if proc.poll() is None:
@@ -177,6 +181,7 @@ def test_sigkill_mid_write_then_rerun_leaves_one_clean_set(scans, tmp_path, tmp_
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+    assert not [p for p in out.rglob(".*")], "a killed run left hidden files inside --out"
     if (out / "result.json").exists():
         _one_scan(out)  # killed after the commit: a complete set
     done = subprocess.run(cmd[:-1] + ["--no-html"], env=env, capture_output=True, text=True, timeout=300)

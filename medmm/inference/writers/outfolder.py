@@ -5,8 +5,10 @@ The contract (``docs/inference.md``, "Output folder"):
 * **Locked.** While a run uses ``--out``, it holds an exclusive ``flock`` on the folder itself
   (no lock file is left behind; the kernel drops the lock when the process dies, even by
   ``kill -9``). A second run into the same folder waits for the first, then replaces its set.
-* **All or nothing.** The outputs are written into a hidden staging folder inside ``--out`` and
-  moved into place at the end: ``result.json`` (the completion marker) is removed first and put
+* **All or nothing.** The outputs are written into a hidden staging folder next to ``--out``
+  (``.<name>.medmm-staging-*`` in its parent, so a killed run leaves nothing inside ``--out``;
+  inside ``--out`` when the parent is not writable or on another file system) and moved into
+  place at the end: ``result.json`` (the completion marker) is removed first and put
   back last, so a folder holding ``result.json`` always holds one complete set of one scan.
 * **No stale files.** Outputs of a previous run that this run does not write (``report.html``
   after ``--no-html``, ``fhir.json`` without ``--fhir``) are removed when the new set is put in
@@ -47,8 +49,13 @@ def _held() -> dict[Path, int]:
     return _local.held
 
 
+def _sibling_prefix(out: Path) -> str:
+    return f".{out.name}{STAGING_PREFIX}"
+
+
 def _debris(out: Path) -> list[Path]:
-    """Leftovers of a killed run: staging folders and atomic-write temp files of our outputs."""
+    """Leftovers of a killed run: staging folders (inside ``out`` or next to it) and atomic-write
+    temp files of our outputs. Only called while holding the folder's lock."""
     found = []
     for entry in out.iterdir():
         name = entry.name
@@ -56,7 +63,21 @@ def _debris(out: Path) -> list[Path]:
             found.append(entry)
         elif name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in OUTPUT_FILES.values()):
             found.append(entry)
+    try:
+        found += [e for e in out.parent.glob(f"{_sibling_prefix(out)}*") if e.is_dir() and not e.is_symlink()]
+    except OSError:
+        pass
     return found
+
+
+def _staging_dir(out: Path) -> Path:
+    """A fresh staging folder: next to ``out`` when possible (same file system), else inside it."""
+    try:
+        if os.stat(out.parent).st_dev == os.stat(out).st_dev:
+            return Path(tempfile.mkdtemp(prefix=f"{_sibling_prefix(out)}{os.getpid()}-", dir=out.parent))
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
 
 
 def _remove(path: Path) -> None:
@@ -194,7 +215,7 @@ class OutputFolder:
         if self.out is None:
             raise RuntimeError("OutputFolder.write outside its `with` block")
         out = self.out
-        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+        staging = _staging_dir(out)
         try:
             staged = _write_formats(result, staging, html, dicom_sr, fhir, keep_phi, json_writer)
             return _commit(out, staging, staged)
