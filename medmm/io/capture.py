@@ -24,7 +24,8 @@ LIBRARY_LOGGERS = ("pydicom", "highdicom", "nibabel")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _DIGITS = re.compile(r"\d{5,}")
 _MAX_LEN = 200
-_state = threading.local()
+_owner_lock = threading.Lock()
+_active = False  # one capture per process: warnings state is global, and catch_warnings is not thread-safe
 
 
 def deidentify(message: str) -> str:
@@ -56,21 +57,25 @@ def _stderr(line: str) -> None:
 def library_warnings_deidentified(echo: Callable[[str], None] | None = None) -> Iterator[None]:
     """Collect library warnings in the block; show each distinct one once, de-identified.
 
-    Nested blocks defer to the outermost one. ``echo`` receives ``warning: ...`` lines (default:
-    stderr).
+    Nested blocks (and blocks entered by other threads meanwhile) defer to the one already active,
+    which collects and shows their warnings too. ``echo`` receives ``warning: ...`` lines
+    (default: stderr).
     """
-    if getattr(_state, "active", False):
+    global _active
+    with _owner_lock:
+        owner = not _active
+        _active = True
+    if not owner:
         yield
         return
     counts: Counter = Counter()
     handler = _Collect(counts)
     loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
-    saved = [(lg.propagate, lg.level) for lg in loggers]
+    saved = [lg.propagate for lg in loggers]
 
     def show(message, category, filename, lineno, file=None, line=None):
         counts[deidentify(message)] += 1  # pydicom both warns and logs: one key for both
 
-    _state.active = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -80,11 +85,11 @@ def library_warnings_deidentified(echo: Callable[[str], None] | None = None) -> 
                 lg.propagate = False
             yield
     finally:
-        _state.active = False
-        for lg, (propagate, level) in zip(loggers, saved):
+        for lg, propagate in zip(loggers, saved):
             lg.removeHandler(handler)
             lg.propagate = propagate
-            lg.setLevel(level)
+        with _owner_lock:
+            _active = False
         out = echo or _stderr
         for text, n in counts.items():
             out(f"warning: {text}" + (f" (x{n})" if n > 1 else ""))

@@ -8,6 +8,7 @@ multi-frame → that file; single-frame → its series from the same folder; a l
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 import zipfile
@@ -28,8 +29,10 @@ _EXTRACTED_NAME = re.compile(r"(?<![\w.])\d{6}(?:\.[a-z0-9]{1,8})?(?![\w.])")  #
 
 
 def _existing(path: str | Path) -> Path:
-    if path is None or str(path) == "":
+    if path is None or (isinstance(path, str) and not path.strip()):
         raise MedmmInputError(None, "no input path given")
+    if not isinstance(path, (str, os.PathLike)):
+        raise MedmmInputError(None, f"expected a file or folder path, got a {type(path).__name__}")
     p = Path(path).expanduser()
     if not p.exists():
         raise MedmmInputError(p, "no such file or directory")

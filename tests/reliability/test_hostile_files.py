@@ -322,3 +322,9 @@ def test_infer_refuses_before_writing_anything(tmp_path, capsys, monkeypatch, na
     code, stdout, err = run_cli(["infer", str(path), "--model", "m", "--out", str(out), "-q"], capsys)
     assert code == 2 and one_error_line(err) and "Traceback" not in err, err
     assert not out.exists() or not any(out.rglob("*"))
+
+
+@pytest.mark.parametrize("value", [123, 4.5, b"/tmp", ["a"], "   "])
+def test_api_refuses_values_that_are_not_paths(value):
+    with pytest.raises(MedmmInputError):
+        load_volume(value)
