@@ -126,9 +126,9 @@ def run_batch(
         echo: where one-line failure messages go.
         force: diagnose inputs the plausibility gate refuses (see ``inference/plausibility.py``).
     """
-    from medmm.inference.writers.outfolder import check_sr_input
-
     from tqdm.auto import tqdm
+
+    from medmm.inference.writers.outfolder import check_sr_input
 
     out_root = Path(out_root)
     options = dict(writer_options or {})
