@@ -12,8 +12,9 @@ The contract (``docs/inference.md``, "Output folder"):
   back last, so a folder holding ``result.json`` always holds one complete set of one scan.
 * **No stale files.** Outputs of a previous run that this run does not write (``report.html``
   after ``--no-html``, ``fhir.json`` without ``--fhir``) are removed when the new set is put in
-  place; an incomplete set (no ``result.json``), staging folders and ``.*.tmp`` files left by a
-  killed run are removed when the next run starts. Files medmm did not write are never touched.
+  place; staging folders and ``.*.tmp`` files left by a killed run, and the incomplete set such a
+  run leaves (no ``result.json``), are removed when the next run starts. medmm owns the four
+  output names in ``--out``; other files are never touched.
 * **Checked first.** The folder must not be (inside) the input series, must be creatable and
   writable, and ``--dicom-sr`` needs a DICOM input: all checked before the model is loaded.
 
@@ -195,10 +196,11 @@ class OutputFolder:
 
     # ---------------------------------------------------------------- cleaning
     def _clean(self, out: Path) -> None:
-        """Remove what a killed run left: debris, and an output set without its marker."""
-        for entry in _debris(out):
+        """Remove what a killed run left: debris, and (if there was debris) a set without its marker."""
+        debris = _debris(out)
+        for entry in debris:
             _remove(entry)
-        if not (out / MARKER).exists():
+        if debris and not (out / MARKER).exists():  # killed mid-commit: the rest is half a set
             for name in OUTPUT_FILES.values():
                 target = out / name
                 if target.is_file() or target.is_symlink():
