@@ -41,12 +41,15 @@ class _Collect(logging.Handler):
     def __init__(self, counts: Counter):
         super().__init__(logging.WARNING)
         self.counts = counts
+        self.last: str | None = None  # pydicom's warn_and_log logs, then warns the same text
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.counts[deidentify(record.getMessage())] += 1
+            key = deidentify(record.getMessage())
         except Exception:  # a broken log record must never break a run
-            self.counts[f"{record.name}: (unprintable warning)"] += 1
+            key = f"{record.name}: (unprintable warning)"
+        self.counts[key] += 1
+        self.last = key
 
 
 def _stderr(line: str) -> None:
@@ -74,7 +77,11 @@ def library_warnings_deidentified(echo: Callable[[str], None] | None = None) -> 
     saved = [lg.propagate for lg in loggers]
 
     def show(message, category, filename, lineno, file=None, line=None):
-        counts[deidentify(message)] += 1  # pydicom both warns and logs: one key for both
+        key = deidentify(message)
+        if handler.last == key:  # the warning half of a pydicom warn_and_log: counted once
+            handler.last = None
+            return
+        counts[key] += 1
 
     try:
         with warnings.catch_warnings():
