@@ -23,7 +23,7 @@ from medmm.io.pixels import (
     to_signed,
 )
 from medmm.io.series import VOLUME_MODALITIES, Series, io_threads
-from medmm.io.volume import Volume, lps_to_ras
+from medmm.io.volume import MAX_VOXELS, Volume, lps_to_ras
 
 log = logging.getLogger("medmm.io")
 
@@ -51,6 +51,12 @@ def _warn_modality(modality: str, warnings: list[str], path: Path) -> None:
         msg = f"modality {modality} is not CT or MR; values are loaded as stored (no HU semantics)"
         warnings.append(msg)
         log.warning("%s: %s", path, msg)
+
+
+def _check_voxels(n: int, what: str, path: Path) -> None:
+    """Refuse to allocate a volume beyond `MAX_VOXELS` (compressed slices can declare any size)."""
+    if n > MAX_VOXELS:
+        raise MedmmInputError(path, f"{what} = {n} voxels is beyond the {MAX_VOXELS}-voxel limit; not a plausible scan")
 
 
 def _misread_note(n: int, total: int, warnings: list[str], path: Path) -> list[str]:
@@ -93,6 +99,7 @@ def load_series(series: Series, path: Path, warnings: list[str], source_format: 
         check_pixel_size(h)
 
     rows, cols = ordered[0].f.rows, ordered[0].f.columns
+    _check_voxels(rows * cols * len(ordered), f"{len(ordered)} slices of {rows}x{cols}", path)
     buf = np.empty((len(ordered), rows, cols), dtype=np.float32)
     misread: list[int] = []
 
@@ -135,6 +142,7 @@ def load_multiframe(h: SliceHeader, path: Path, warnings: list[str], source_form
             "cannot place its frames in 3D",
         )
     check_pixel_size(h)
+    _check_voxels(h.f.rows * h.f.columns * h.n_frames, f"{h.n_frames} frames of {h.f.rows}x{h.f.columns}", h.path)
     positions, orientations, spacings = frame_geometry(h)
     names = [f"frame {i + 1}" for i in range(h.n_frames)]
     geo = stack_geometry(positions, orientations, spacings, names, path, what="frames")

@@ -20,11 +20,10 @@ import numpy as np
 
 from medmm.errors import MedmmInputError
 from medmm.io.text import short_reason
-from medmm.io.volume import Volume
+from medmm.io.volume import MAX_VOXELS, Volume
 
 log = logging.getLogger("medmm.io")
 
-MAX_VOXELS = 2**30  # 1024³ (4 GiB as float32); a 512 x 512 x 2000 chest CT has 5.2e8
 _STREAM_CHECK_BYTES = 64 * 1024**2
 _CHUNK = 4 * 1024**2
 

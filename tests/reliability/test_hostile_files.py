@@ -328,3 +328,15 @@ def test_infer_refuses_before_writing_anything(tmp_path, capsys, monkeypatch, na
 def test_api_refuses_values_that_are_not_paths(value):
     with pytest.raises(MedmmInputError):
         load_volume(value)
+
+
+def test_dicom_series_allocation_is_bounded_by_declared_sizes(tmp_path, monkeypatch):
+    """Compressed slices can declare any size; the series' total is checked before allocating."""
+    import medmm.io.dicom_volume as dicom_volume
+
+    write_series(tmp_path / "s", HU)
+    monkeypatch.setattr(dicom_volume, "MAX_VOXELS", HU.size - 1)
+    with pytest.raises(MedmmInputError, match="voxel limit"):
+        load_volume(tmp_path / "s")
+    monkeypatch.setattr(dicom_volume, "MAX_VOXELS", HU.size)
+    assert load_volume(tmp_path / "s").shape == HU.shape
