@@ -170,16 +170,22 @@ class OutputFolder:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
-                if not told and self.on_wait is not None:
-                    self.on_wait(f"waiting for another medmm run writing to {out}")
-                told = True
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise MedmmInputError(
-                        self.out_dir, f"output folder is in use by another medmm run (waited {self.timeout:.0f} s)"
-                    ) from None
-                time.sleep(0.1)
+            except BlockingIOError:  # another run holds the folder: wait for it
+                pass
+            except OSError as err:  # a file system without flock (some network mounts): go on unlocked
+                log.warning("%s: cannot lock the output folder (%s); not protected against concurrent runs",
+                            out, err.strerror or type(err).__name__)
+                os.close(fd)
+                return
+            if not told and self.on_wait is not None:
+                self.on_wait(f"waiting for another medmm run writing to {out}")
+            told = True
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise MedmmInputError(
+                    self.out_dir, f"output folder is in use by another medmm run (waited {self.timeout:.0f} s)"
+                ) from None
+            time.sleep(0.1)
         held[out] = 1
         self._fd = fd
 
