@@ -1,4 +1,4 @@
-"""``medmm infer PATH --model RUN_DIR``: diagnose one scan, a folder of scans or a manifest.
+"""``medmm infer PATH [--model RUN_DIR]``: diagnose one scan, a folder of scans or a manifest.
 
 Thin layer over :mod:`medmm.inference`: heavy imports happen inside the command.
 """
@@ -14,7 +14,9 @@ from medmm.cli import path_value
 
 @click.command("infer")
 @click.argument("path", type=click.Path(), callback=path_value)
-@click.option("--model", "run_dir", required=True, type=click.Path(), callback=path_value, help="Run directory from `medmm train`.")
+@click.option("--model", "run_dir", default=None, type=click.Path(), callback=path_value,
+              help="Run directory from `medmm train` (default: $MEDMM_MODEL, else the one `medmm demo` or "
+                   "`medmm train --default` registered).")
 @click.option("--out", "out", type=click.Path(), callback=path_value, default=None,
               help="Output folder (default ./medmm_out/<scan name>; in batch mode ./medmm_out/).")
 @click.option("--series", default=None, help="DICOM series UID (or unique suffix) when a folder holds several.")
@@ -31,7 +33,7 @@ from medmm.cli import path_value
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar / findings table.")
 def infer(
     path: Path,
-    run_dir: Path,
+    run_dir: Path | None,
     out: Path | None,
     series: str | None,
     indication: str | None,
@@ -49,6 +51,7 @@ def infer(
     from medmm.errors import MedmmInputError
     from medmm.inference import load_model
     from medmm.inference.batch import discover_jobs, is_batch_input, run_batch
+    from medmm.inference.default_model import output_source, resolve_model
     from medmm.inference.writers import default_out_dir
     from medmm.inference.writers.files import write_into
     from medmm.inference.writers.outfolder import OutputFolder
@@ -60,8 +63,11 @@ def infer(
     if batch and series:
         raise MedmmInputError(path, "--series applies to a single scan, not to a batch")
     echo_err = lambda m: click.echo(one_line(m), err=True)  # noqa: E731
+    run_dir, origin = resolve_model(run_dir)
+    if origin:
+        echo_err(origin)
     # the output folder is checked, locked and cleaned before time is spent on the model
-    out_dir = out if out is not None else (Path.cwd() / "medmm_out" if batch else default_out_dir(path))
+    out_dir = out if out is not None else (Path.cwd() / "medmm_out" if batch else default_out_dir(output_source(path)))
     options = {"html": not no_html, "dicom_sr": dicom_sr, "fhir": fhir, "keep_phi": keep_phi}
     with OutputFolder(out_dir, path, dicom_sr=dicom_sr and not batch, batch=batch, on_wait=echo_err) as folder:
         predictor = load_model(run_dir, device=device, checkpoint=checkpoint,

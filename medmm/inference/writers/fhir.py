@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from medmm.inference.writers.files import atomic_write_text
+from medmm.io.writers import atomic_write_text
 
 # ontology Code.system -> FHIR code system URI
 SYSTEMS = {

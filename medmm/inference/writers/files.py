@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medmm.errors import MedmmInputError
-from medmm.io.writers import atomic_write_bytes
+from medmm.io.writers import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 
 _SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm")
 
@@ -74,11 +74,6 @@ def _is_series_file(src: Path) -> bool:
     except OSError:
         return True  # unreadable: be strict
     return not head.startswith(b"PK\x03\x04") or head[128:132] == b"DICM"
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """UTF-8 text through :func:`medmm.io.writers.atomic_write_bytes` (temp file + ``os.replace``)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_outputs(

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from medmm.inference.result import findings_table_html
-from medmm.inference.writers.files import atomic_write_text
 from medmm.inference.writers.notes import html_block
+from medmm.io.writers import atomic_write_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}

@@ -1,4 +1,4 @@
-"""Soft intensity histogram: exact bin fractions per cell, gradients, and its place in the encoder."""
+"""Soft intensity histogram: exact bin fractions per cell, gradients, and its place in the radiomics branch."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from medmm.config import load_workflow
+from medmm.config import RadiomicsConfig, load_workflow
 from medmm.errors import MedmmConfigError
-from medmm.models import ImageEncoder, ImageEncoderConfig
-from medmm.models.intensity_histogram import IntensityHistogram, cell_index
+from medmm.models import MedMM, derive_network
+from medmm.models.radiomics.intensity import IntensityHistogram, cell_index
 
 CENTRES = [0.0, 0.1, 0.25, 0.5, 1.0]  # deliberately uneven spacing
 
@@ -73,46 +73,48 @@ def test_rejects_centres_that_are_not_increasing(centres):
     with pytest.raises(ValueError, match="strictly increasing"):
         IntensityHistogram(centres)
     with pytest.raises(ValueError, match="strictly increasing"):
-        ImageEncoderConfig(histogram_centres=centres)
+        RadiomicsConfig(intensity_hu=centres)
 
 
-def test_encoder_appends_histogram_channels_and_sees_a_few_calcium_voxels():
-    torch.manual_seed(0)
-    cfg = ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16, histogram_centres=CENTRES, global_pool="avgmax")
-    enc = ImageEncoder(cfg).eval()
+def test_branch_appends_histogram_channels_and_sees_a_few_calcium_voxels(radiomics_model):
+    model = radiomics_model(intensity=CENTRES).eval()
+    channels = model.image_encoder.channels
     x = torch.full((1, 1, 32, 32, 32), 0.1)
-    fmap = enc.feature_map(x)
-    assert fmap.shape[1] == enc.channels + len(CENTRES) == enc.channels + enc.histogram_channels
+    fmap = model.feature_map(x)
+    assert fmap.shape[1] == channels + len(CENTRES) == channels + model.radiomics.channels
     spotted = x.clone()
     spotted[0, 0, 5:7, 5:7, 5:7] = 1.0  # 8 voxels of "calcium" in 32 768
-    hist_before, hist_after = fmap[:, enc.channels:], enc.feature_map(spotted)[:, enc.channels:]
+    hist_before, hist_after = fmap[:, channels:], model.feature_map(spotted)[:, channels:]
     assert hist_after[0, -1].max() > 0 and hist_before[0, -1].max() == 0
     with torch.no_grad():
-        pooled, tokens = enc(x)
-        pooled_spot, tokens_spot = enc(spotted)
+        pooled, tokens = model.embed(fmap)
+        pooled_spot, tokens_spot = model.embed(model.feature_map(spotted))
     assert pooled.shape == (1, 16) and tokens.shape == (1, 8, 16)
     assert not torch.allclose(pooled, pooled_spot)  # the log fraction makes 8 voxels count
+    assert not torch.allclose(tokens, tokens_spot)  # and each token sees its own region's bins
 
 
-def test_encoder_needs_centres_in_input_units():
-    with pytest.raises(ValueError, match="histogram_centres"):
-        ImageEncoder(ImageEncoderConfig(histogram_hu=[-1000.0, 0.0, 1000.0]))
+def test_branch_needs_centres_in_input_units(tiny_config):
+    with pytest.raises(ValueError, match="derived centres"):
+        MedMM(tiny_config(radiomics={"intensity_hu": [-1000.0, 0.0, 1000.0]}), ["Emphysema"])
 
 
 def _workflow(hist_hu, window=(-1000, 3000)):
     return load_workflow({
         "preprocessing": {"hu_window": list(window), "intensity_range": [0.0, 1.0], "roi_size": [32, 32, 32]},
-        "network": {"image_encoder": {"histogram_hu": hist_hu}},
+        "network": {"radiomics": {"intensity_hu": hist_hu}},
     })
 
 
 def test_workflow_maps_histogram_hu_through_the_window():
     cfg = _workflow([-1000, -600, 1000, 3000])
-    assert cfg.network.image_encoder.histogram_centres == pytest.approx([0.0, 0.1, 0.5, 1.0])
+    derived = derive_network(cfg.network, cfg.preprocessing)
+    assert derived.histogram_centres == pytest.approx([0.0, 0.1, 0.5, 1.0])
+    assert cfg.network.radiomics.intensity_hu == [-1000, -600, 1000, 3000]  # the config keeps HU
 
 
 def test_workflow_rejects_centres_the_window_clips_away():
-    with pytest.raises(MedmmConfigError, match="histogram_hu spans"):
+    with pytest.raises(MedmmConfigError, match="intensity_hu spans"):
         _workflow([-1000, 0, 2000], window=(-1000, 1000))
 
 
@@ -124,10 +126,10 @@ def test_values_do_not_depend_on_whether_a_gradient_is_needed():
     assert torch.equal(plain, with_grad.detach()) and with_grad.requires_grad
 
 
-def test_a_one_scan_training_batch_uses_the_running_statistics():
+def test_a_one_scan_training_batch_uses_the_running_statistics(radiomics_model):
     """The last batch of an epoch can hold one scan; BatchNorm has no batch statistics for it."""
-    enc = ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16, histogram_centres=CENTRES)).train()
-    before = enc.histogram_norm.running_mean.clone()
-    pooled, tokens = enc(torch.rand(1, 1, 64, 64, 64))
+    model = radiomics_model(intensity=CENTRES).train()
+    before = model.radiomics.histogram_norm.running_mean.clone()
+    pooled, tokens = model.embed(model.feature_map(torch.rand(1, 1, 64, 64, 64)))
     assert pooled.shape == (1, 16) and torch.isfinite(pooled).all()
-    assert torch.equal(enc.histogram_norm.running_mean, before)  # nothing learned from one scan
+    assert torch.equal(model.radiomics.histogram_norm.running_mean, before)  # nothing learned from one scan

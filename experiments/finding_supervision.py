@@ -13,7 +13,7 @@ Variants (``--variants``, comma-separated):
 * ``baseline``: image-level BCE (the workflow's ``pos_weight``), what the demo optimises.
 * ``dense``: baseline + a BCE on per-cell finding scores on the backbone's ``layer1`` and
   ``layer2`` grids (16³ and 8³ at 64³ input), whose target is where the phantom drew each finding
-  (`medmm.data.finding_map`, max-pooled to the grid), plus random flips on all three axes. The
+  (`finding_map` below, max-pooled to the grid), plus random flips on all three axes. The
   phantom knows where it drew a finding, real data sets do not: the question is whether
   localisation supervision is the missing signal.
 * ``mil``: a class-wise score map on ``layer3`` with log-sum-exp pooling (multiple-instance
@@ -22,8 +22,8 @@ Variants (``--variants``, comma-separated):
 
 Usage::
 
-    python benchmarks/finding_supervision.py                          # ~8 minutes on 2 CPU cores
-    python benchmarks/finding_supervision.py --variants baseline,long --epochs 14
+    python experiments/finding_supervision.py                          # ~8 minutes on 2 CPU cores
+    python experiments/finding_supervision.py --variants baseline,long --epochs 14
 
 Writes ``<out>/finding_supervision.json`` with per-finding AUROCs of every variant.
 """
@@ -99,7 +99,6 @@ def stack_maps(cases: list[Any], cfg: Any) -> torch.Tensor:
 
     from monai.transforms import Compose
 
-    from medmm.data import finding_map
     from medmm.data.transforms import deterministic_transforms, volume_to_metatensor
     from medmm.io import Volume
 
@@ -130,6 +129,32 @@ def pooled_targets(bits: torch.Tensor, n_labels: int, grid: tuple[int, ...]) -> 
         planes = torch.stack([(chunk >> k) & 1 for k in range(n_labels)], 1).float()
         out.append(F.adaptive_max_pool3d(planes, grid).to(torch.uint8))
     return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------- finding maps
+def finding_map(case_id: str, n: int, seed: int = 0, size: int = 64, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Where each finding was drawn in one case of the ``(n, seed, size)`` set, as a bitmask volume.
+
+    Renders the case again (deterministic). Bit ``k`` of a voxel is set when finding
+    ``CT_RATE_FINDINGS[k]`` covers more than ``threshold`` of it. Findings drawn as a change of
+    anatomy rather than a lesion (cardiomegaly, pericardial effusion, peribronchial thickening,
+    bronchiectasis) have no map. Meant for experiments on localisation supervision
+    (this experiment); real data sets have no such maps.
+
+    Returns:
+        ``(bits, affine)``: int32 ``(X, Y, Z)`` on the scan's voxel grid and its voxel -> RAS affine
+        (the same affine as the case's image).
+    """
+    from medmm.data.synth.generator import _entropy, locate, render_scan
+    from medmm.labels import CT_RATE_FINDINGS
+
+    patient_no, scan_index, n_scans = locate(case_id, n, seed)
+    phantom, *_ = render_scan(_entropy(int(seed), patient_no), int(size), None, scan_index, n_scans)
+    bits = np.zeros(phantom.hu.shape, np.int32)
+    for k, name in enumerate(CT_RATE_FINDINGS):
+        if name in phantom.effects:
+            bits |= (phantom.effects[name] > threshold).astype(np.int32) << k
+    return bits, phantom.affine
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -242,7 +267,7 @@ def predict(model: Probe, images: torch.Tensor) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     from medmm.config import load_workflow
     from medmm.data.synth import RENDERED_FINDINGS
-    from medmm.training.rundir import atomic_write
+    from medmm.io.writers import atomic_write_text as atomic_write
 
     args = parse_args(argv)
     cfg = load_workflow(args.workflow, args.overrides)

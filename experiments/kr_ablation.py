@@ -14,8 +14,8 @@ held-out **test** split (never on training data):
 
 Usage::
 
-    python benchmarks/kr_ablation.py --tiny            # ~1 minute on 2 CPU cores
-    python benchmarks/kr_ablation.py --n 240 --size 64 --epochs 15 --out bench_out/kr_ablation
+    python experiments/kr_ablation.py --tiny            # ~1 minute on 2 CPU cores
+    python experiments/kr_ablation.py --n 240 --size 64 --epochs 15 --out bench_out/kr_ablation
 
 Results are printed as a table and written to ``<out>/kr_ablation.json``.
 """

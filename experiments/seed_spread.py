@@ -11,9 +11,9 @@ validation scans), so a single-seed comparison cannot show a smaller effect.
 
 Usage::
 
-    python benchmarks/seed_spread.py workflows/ct_chest_demo.yaml --seeds 0,1     # ~11 min on 2 CPU cores
-    python benchmarks/seed_spread.py workflows/ct_chest_demo.yaml --seeds 0,1,2 \\
-        --variant network.image_encoder.global_pool=avgmax --variant optimizer.lr=3e-3
+    python experiments/seed_spread.py workflows/ct_chest_demo.yaml --seeds 0,1     # ~11 min on 2 CPU cores
+    python experiments/seed_spread.py workflows/ct_chest_demo.yaml --seeds 0,1,2 \\
+        --variant optimizer.lr=3e-3
 
 Results are printed as a table and written to ``<out>/seed_spread.json``.
 """
@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from medmm.training.rundir import atomic_write
+    from medmm.io.writers import atomic_write_text as atomic_write
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

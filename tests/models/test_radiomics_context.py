@@ -1,4 +1,4 @@
-"""Joint (intensity, neighbourhood mean) histogram: definition, counted vs exact, gradient, encoder, workflow."""
+"""Joint (intensity, neighbourhood mean) histogram: definition, counted vs exact, gradient, branch, workflow."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmm.config import load_workflow
+from medmm.config import ContextHistogramConfig, load_workflow
 from medmm.errors import MedmmConfigError
-from medmm.models import ImageEncoder, ImageEncoderConfig
-from medmm.models.config import ContextHistogramConfig
-from medmm.models.context_histogram import ContextHistogram, box_mean
-from medmm.models.image_encoder import HISTOGRAM_EPS, central_mean, pack_cells, unpack_cells
-from medmm.models.intensity_histogram import IntensityHistogram
+from medmm.models import MedMM, derive_network
+from medmm.models.radiomics.branch import HISTOGRAM_EPS
+from medmm.models.radiomics.cells import central_mean, pack_cells, unpack_cells
+from medmm.models.radiomics.context import ContextHistogram, box_mean
+from medmm.models.radiomics.intensity import IntensityHistogram
 
 CENTRES = [0.0, 0.1, 0.25, 0.5, 1.0]  # deliberately uneven spacing
 CONTEXT = [0.0, 0.2, 0.6, 1.0]
@@ -131,49 +131,47 @@ def test_config_rejects_even_neighbourhoods_and_unsorted_centres():
         ContextHistogramConfig(hu=[1, 0], context_hu=[0, 1])
 
 
-def _context_cfg() -> ContextHistogramConfig:
-    return ContextHistogramConfig(hu=[0, 1], context_hu=[0, 1], centres=CENTRES, context_centres=CONTEXT,
-                                  context_voxels=[3])
+CONTEXT_SECTION = {"centres": CENTRES, "context_centres": CONTEXT, "context_voxels": [3]}
 
 
-def test_encoder_appends_joint_bins_and_the_pooled_embedding_sees_them():
-    torch.manual_seed(0)
-    enc = ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16, histogram_centres=CENTRES,
-                                          context_histogram=_context_cfg())).eval()
+def test_branch_appends_joint_bins_and_the_pooled_embedding_sees_them(radiomics_model):
+    model = radiomics_model(intensity=CENTRES, context=CONTEXT_SECTION).eval()
+    branch, channels = model.radiomics, model.image_encoder.channels
     x = torch.zeros(1, 1, 32, 32, 32)
-    fmap = enc.feature_map(x)
-    assert enc.context_channels == len(CENTRES) * len(CONTEXT)
-    assert fmap.shape[1] == enc.channels + enc.histogram_channels + enc.context_channels
+    fmap = model.feature_map(x)
+    assert branch.context_channels == len(CENTRES) * len(CONTEXT)
+    assert fmap.shape[1] == channels + branch.histogram_channels + branch.context_channels
     nodule = x.clone()
     nodule[0, 0, 10:12, 10:12, 10:12] = 0.25  # 8 soft-tissue voxels in "lung"
     with torch.no_grad():
-        pooled, tokens = enc(x)
-        pooled_nodule, _ = enc(nodule)
+        pooled, tokens = model.embed(fmap)
+        pooled_nodule, _ = model.embed(model.feature_map(nodule))
     assert pooled.shape == (1, 16) and tokens.shape == (1, 8, 16)
     assert not torch.allclose(pooled, pooled_nodule)
 
 
-def test_encoder_needs_context_centres_in_input_units():
-    with pytest.raises(ValueError, match="context_histogram"):
-        ImageEncoder(ImageEncoderConfig(context_histogram=ContextHistogramConfig(hu=[0, 1], context_hu=[0, 1])))
+def test_branch_needs_context_centres_in_input_units(tiny_config):
+    with pytest.raises(ValueError, match="context and its derived centres"):
+        MedMM(tiny_config(radiomics={"context": {"hu": [0, 1], "context_hu": [0, 1]}}), ["Emphysema"])
 
 
 def _workflow(context: dict, window=(-1000, 3000)):
     return load_workflow({
         "preprocessing": {"hu_window": list(window), "intensity_range": [0.0, 1.0], "roi_size": [32, 32, 32]},
-        "network": {"image_encoder": {"context_histogram": context}},
+        "network": {"radiomics": {"context": context}},
     })
 
 
 def test_workflow_maps_both_axes_through_the_window():
-    ctx = _workflow({"hu": [-1000, 1000, 3000], "context_hu": [-1000, -600], "context_voxels": [3, 9]})
-    ctx = ctx.network.image_encoder.context_histogram
-    assert ctx.centres == pytest.approx([0.0, 0.5, 1.0]) and ctx.context_centres == pytest.approx([0.0, 0.1])
+    cfg = _workflow({"hu": [-1000, 1000, 3000], "context_hu": [-1000, -600], "context_voxels": [3, 9]})
+    derived = derive_network(cfg.network, cfg.preprocessing)
+    assert derived.context_centres == pytest.approx([0.0, 0.5, 1.0])
+    assert derived.context_context_centres == pytest.approx([0.0, 0.1])
 
 
 @pytest.mark.parametrize("context, key", [
-    ({"hu": [-1000, 2000], "context_hu": [-1000, 0]}, "context_histogram.hu spans"),
-    ({"hu": [-1000, 0], "context_hu": [-1200, 0]}, "context_histogram.context_hu spans"),
+    ({"hu": [-1000, 2000], "context_hu": [-1000, 0]}, "radiomics.context.hu spans"),
+    ({"hu": [-1000, 0], "context_hu": [-1200, 0]}, "radiomics.context.context_hu spans"),
 ])
 def test_workflow_rejects_centres_the_window_clips_away(context, key):
     with pytest.raises(MedmmConfigError, match=key):
@@ -181,27 +179,15 @@ def test_workflow_rejects_centres_the_window_clips_away(context, key):
 
 
 def test_workflow_names_an_unknown_context_key():
-    with pytest.raises(MedmmConfigError, match="context_histogram"):
+    with pytest.raises(MedmmConfigError, match="radiomics.context.sizes: unknown key"):
         _workflow({"hu": [-1000, 0], "context_hu": [-1000, 0], "sizes": [3]})
 
 
-def test_a_one_scan_training_batch_uses_the_running_statistics():
-    enc = ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16, context_histogram=_context_cfg())).train()
-    before = enc.context_norm.running_mean.clone()
-    pooled, _ = enc(torch.rand(1, 1, 64, 64, 64))  # 64³: the CNN's own last BatchNorm needs > 1 cell
-    assert torch.isfinite(pooled).all() and torch.equal(enc.context_norm.running_mean, before)
-
-
-def test_quantised_positions_cover_every_level():
-    """Every fine lookup level maps to a valid position, and positions hit every bin centre."""
-    hist = ContextHistogram(CENTRES, CONTEXT, [3], subdivisions=4)
-    for d, centres in enumerate((CENTRES, CONTEXT)):
-        lookup, weights = hist._axis("lookup", d), hist._axis("weights", d)
-        assert int(lookup.min()) == 0 and int(lookup.max()) == weights.shape[0] - 1
-        torch.testing.assert_close(weights.sum(1), torch.ones(weights.shape[0]))
-        on_centres = weights[:: hist.subdivisions]
-        torch.testing.assert_close(on_centres, torch.eye(len(centres)))
-    assert hist.shape[:2] == (len(CENTRES), len(CONTEXT))
+def test_a_one_scan_training_batch_uses_the_running_statistics(radiomics_model):
+    model = radiomics_model(context=CONTEXT_SECTION).train()
+    before = model.radiomics.context_norm.running_mean.clone()
+    pooled, _ = model.embed(model.feature_map(torch.rand(1, 1, 64, 64, 64)))  # 64³: the CNN's BatchNorm needs > 1 cell
+    assert torch.isfinite(pooled).all() and torch.equal(model.radiomics.context_norm.running_mean, before)
 
 
 @pytest.mark.parametrize("make", [
@@ -239,74 +225,39 @@ def test_central_mean_pools_the_centred_box():
     torch.testing.assert_close(central_mean(x, [0.01, 0.01, 0.01]), x[:, :, 2, 3, 2])
 
 
-def _central_encoder(split: int) -> ImageEncoder:
-    torch.manual_seed(0)
-    ctx = _context_cfg().model_copy(update={"cell_split": split, "central_region": [0.5, 0.5, 1.0]})
-    return ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16, context_histogram=ctx)).eval()
+def _central_model(radiomics_model, split: int) -> MedMM:
+    section = {**CONTEXT_SECTION, "cell_split": split, "central_region": [0.5, 0.5, 1.0]}
+    return radiomics_model(context=section).eval()
 
 
-def test_split_cells_are_the_histogram_of_the_finer_grid():
-    enc, x = _central_encoder(2), torch.rand(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(1))
+def test_split_cells_are_the_histogram_of_the_finer_grid(radiomics_model):
+    model, x = _central_model(radiomics_model, 2), torch.rand(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(1))
+    branch, channels = model.radiomics, model.image_encoder.channels
     with torch.no_grad():
-        fmap = enc.feature_map(x)
-        fine = enc.context_histogram(x, (4, 4, 4))
-    assert enc.context_channels == 8 * enc.context_bins and fmap.shape[1] == enc.channels + enc.context_channels
-    torch.testing.assert_close(unpack_cells(fmap[:, enc.channels:], 2), fine)
+        fmap = model.feature_map(x)
+        fine = branch.context_histogram(x, (4, 4, 4))
+    assert branch.context_channels == 8 * len(CENTRES) * len(CONTEXT) and fmap.shape[1] == channels + branch.channels
+    torch.testing.assert_close(unpack_cells(fmap[:, channels:], 2), fine)
 
 
-def test_central_region_pools_see_a_central_change_more_than_a_peripheral_one():
+def test_central_region_pools_see_a_central_change_more_than_a_peripheral_one(radiomics_model):
     """Soft tissue added in the middle moves the central pool; the same amount at the edge does not."""
-    enc = _central_encoder(2)
+    model = _central_model(radiomics_model, 2)
+    channels = model.image_encoder.channels
     x = torch.zeros(1, 1, 64, 64, 64)
     central, edge = x.clone(), x.clone()
     central[0, 0, 28:36, 28:36, 28:36] = 0.25
     edge[0, 0, 4:12, 4:12, 28:36] = 0.25  # away from the border: same neighbourhoods as the central blob
     with torch.no_grad():
-        cells = [unpack_cells(enc.feature_map(v)[:, enc.channels:], 2) for v in (x, central, edge)]
+        cells = [unpack_cells(model.feature_map(v)[:, channels:], 2) for v in (x, central, edge)]
     whole = [c.mean(dim=(2, 3, 4)) for c in cells]
     middle = [central_mean(c, [0.5, 0.5, 1.0]) for c in cells]
     torch.testing.assert_close(whole[1], whole[2])  # same voxels changed, same whole-volume histogram
     assert not torch.allclose(middle[1], middle[0]) and torch.allclose(middle[2], middle[0])
-    pooled, tokens = enc(central)
-    assert pooled.shape == (1, 16) and enc.context_norm.num_features == 2 * enc.context_bins
+    assert model.radiomics.context_norm.num_features == 2 * len(CENTRES) * len(CONTEXT)
 
 
 def test_central_region_must_be_three_fractions():
     for bad in ([0.5, 0.5], [0.5, 0.0, 1.0], [0.5, 1.5, 1.0]):
         with pytest.raises(ValueError, match="central_region"):
             ContextHistogramConfig(hu=[0, 1], context_hu=[0, 1], central_region=bad)
-
-
-def test_histogram_normalisers_average_every_batch_seen():
-    """Histogram features do not depend on trained weights: the normaliser's running mean is the
-    plain mean over all training batches, not an exponential average of the last few."""
-    enc = ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16, histogram_centres=CENTRES,
-                                          context_histogram=_context_cfg())).train()
-    batches = [torch.rand(2, 1, 64, 64, 64, generator=torch.Generator().manual_seed(i)) * (0.2 + 0.2 * i)
-               for i in range(3)]
-    seen = []
-    for x in batches:
-        fmap = enc.feature_map(x)
-        ctx = fmap[:, enc.channels + enc.histogram_channels:]
-        seen.append(torch.log(ctx.mean(dim=(2, 3, 4)) + HISTOGRAM_EPS).mean(0))
-        enc.embed(fmap)
-    for norm in (enc.context_norm, enc.histogram_norm, enc.token_histogram_norm):
-        assert norm.momentum is None and int(norm.num_batches_tracked) == 3
-    torch.testing.assert_close(enc.context_norm.running_mean, torch.stack(seen).mean(0), rtol=1e-5, atol=1e-5)
-
-
-def test_training_standardises_with_the_running_statistics_not_the_batch():
-    """Like inference: a scan's standardised features do not depend on the other scans of its
-    batch beyond their share of the running average."""
-    from medmm.models.image_encoder import _fixed_input_norm, _standardise
-
-    norm = _fixed_input_norm(4).train()
-    gen = torch.Generator().manual_seed(0)
-    history = [torch.randn(8, 4, generator=gen) * 3 + 1 for _ in range(5)]
-    for batch in history:
-        out = _standardise(norm, batch)
-    seen = torch.cat(history)
-    torch.testing.assert_close(norm.running_mean, seen.mean(0), rtol=1e-5, atol=1e-5)
-    expected = (history[-1] - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
-    torch.testing.assert_close(out, expected)
-    assert not torch.allclose(out, (history[-1] - history[-1].mean(0)) / history[-1].std(0, unbiased=False))

@@ -29,7 +29,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from medmm.models.intensity_histogram import _cells, _neighbours, as_centres, interpolation_weights
+from medmm.models.radiomics.intensity import _cells, _neighbours, as_centres, interpolation_weights
 
 #: Fine uniform levels per axis used to look up a value's quantised position between centres.
 LOOKUP_LEVELS = 8192
