@@ -187,6 +187,9 @@ def build_sr(result: Any, evidence: list[Any], keep_phi: bool = False):
     )
     if not keep_phi:
         sr = _deidentify(sr)
+    from medmm.inference.writers.notes import add_sr_comments  # i21 hook: input warnings as TEXT items
+
+    add_sr_comments(sr, result)
     _declare_local_scheme(sr)
     return sr
 
