@@ -219,6 +219,9 @@ def build_sr(result: Any, evidence: list[Any], keep_phi: bool = False):
     )
     if not keep_phi:
         sr = _deidentify(sr)
+    from medmm.inference.writers.notes import add_sr_comments  # i21 hook: input warnings as TEXT items
+
+    add_sr_comments(sr, result)
     if any(finding_concept(r["finding"], r.get("codes") or []).scheme_designator == LOCAL_SCHEME
            for r in result.findings):
         _declare_local_scheme(sr)
