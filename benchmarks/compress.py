@@ -99,9 +99,9 @@ class Scorer:
         p = self.predictor
         t0 = time.perf_counter()
         with torch.inference_mode():
-            pooled, tokens = p.model.embed(p.feature_map(image))
-            texts = p.texts_for([""], [indication]) if not p.use_generated_report else p.fusion_texts(tokens, [indication])
-            p.model.classify(pooled, p.text_embedding(texts), tokens)
+            p.model.predict_step(feature_map=p.feature_map(image), indications=[indication],
+                                 use_generated_report=p.use_generated_report, use_indication=p.use_indication,
+                                 generate=p.use_generated_report)
         return time.perf_counter() - t0
 
 
@@ -141,6 +141,7 @@ def peak_rss_mb(run_dir: Path, image_path: Path, threads: int) -> float:
 def demo_benchmark(args: argparse.Namespace) -> dict:
     from medmm.deploy.export_formats import export_onnx, onnx_session
     from medmm.deploy.image_path import load_image_path
+    from medmm.deploy.provenance import history
     from medmm.deploy.run_data import preprocessed
     from medmm.evaluation.metrics import bootstrap_auroc
 
@@ -162,7 +163,7 @@ def demo_benchmark(args: argparse.Namespace) -> dict:
                       "image_params": n_params(scorer.predictor.model.image_encoder) + n_params(scorer.predictor.model.fusion),
                       "file_mb": weights.stat().st_size / 2**20, "auroc": macro["auroc"],
                       "auroc_ci": [macro["ci_low"], macro["ci_high"]],
-                      "history": scorers[name].predictor.meta.get("model_history", [])}
+                      "history": history(scorers[name].predictor.meta)}
         if name != "original":
             rows[name]["auroc_change"] = paired_delta(y, probs["original"], probs[name])
     # latency: round-robin over variants, one scan each in turn, after one warm-up pass
@@ -195,6 +196,7 @@ def demo_benchmark(args: argparse.Namespace) -> dict:
         ms = statistics.median(times[name]) * 1000
         cnn_ms = statistics.median(cnn_times[name]) * 1000
         rows[name].update(latency_ms=ms, speedup=base_ms / ms, backbone_ms=cnn_ms, backbone_speedup=base_cnn / cnn_ms,
+                          latency_min_ms=min(times[name]) * 1000, backbone_min_ms=min(cnn_times[name]) * 1000,
                           size_ratio=rows["original"]["file_mb"] / rows[name]["file_mb"])
         if not args.skip_rss:
             rows[name]["peak_rss_mb"] = peak_rss_mb(dirs[name], Path(cases[0].image), args.threads)

@@ -10,7 +10,6 @@ training used), never on test data.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from medmm.deploy import provenance
 from medmm.errors import MedmmConfigError, MedmmInputError
 
 
-def _load_source(run_dir: Path) -> tuple[Any, dict[str, Any], str]:
+def _load_source(run_dir: Path) -> tuple[Any, Any, str]:
     from medmm.models import load_checkpoint
 
     if not (run_dir / "medmm.json").is_file():
@@ -34,17 +33,20 @@ def _load_source(run_dir: Path) -> tuple[Any, dict[str, Any], str]:
     return model, meta, name
 
 
-def _run_id(run_dir: Path, meta: dict[str, Any], checkpoint: str) -> str:
+def _run_id(run_dir: Path, meta: Any, checkpoint: str) -> str:
     from medmm.inference.predictor import _weights_id
 
-    return f"{meta.get('name') or run_dir.name}@{_weights_id(run_dir, checkpoint)}"
+    return f"{meta.name or run_dir.name}@{_weights_id(run_dir, checkpoint)}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def _update_meta(out: Path, **changes: Any) -> None:
+    """Re-validate and atomically rewrite ``out/medmm.json`` with ``changes`` applied."""
+    from medmm.io.writers import atomic_write_bytes
+    from medmm.models.run_meta import RunMeta, read_run_meta
+
+    raw = read_run_meta(out).model_dump(mode="json", by_alias=True)
+    raw.update(changes)
+    atomic_write_bytes(out / "medmm.json", RunMeta.model_validate(raw).to_json().encode("utf-8"))
 
 
 def _rewrite_int8(weights: Path, ptq_state: dict[str, torch.Tensor]) -> int:
@@ -138,7 +140,8 @@ def compress_run(run_dir: str | Path, out: str | Path, prune: float | None = Non
         from medmm.models import load_checkpoint
 
         model, trained_meta = load_checkpoint(out, "best")
-        meta = {**meta, **{k: trained_meta[k] for k in ("thresholds", "metrics", "best_epoch", "last_epoch") if k in trained_meta}}
+        meta = meta.model_copy(update={k: getattr(trained_meta, k) for k in
+                                       ("thresholds", "metrics", "best_epoch", "last_epoch", "reference", "data")})
         if distill_from is not None:
             entries.append(provenance.entry("distilled", teacher=teacher.model_id, epochs=finetune_epochs,
                                             teacher_weight=teacher_weight, lr_scale=lr_scale))
@@ -155,35 +158,31 @@ def compress_run(run_dir: str | Path, out: str | Path, prune: float | None = Non
                                         weights_stored="int8_per_row_symmetric", calibration_scans=n_cal,
                                         calibration_split="train"))
 
-    new_meta = dict(meta)
-    workflow_dict = dict(new_meta.get("workflow") or {})
-    workflow_dict["network"] = model.config.model_dump(mode="json")
-    new_meta.update(workflow=workflow_dict, name=f"{meta.get('name') or run_dir.name}-compressed",
-                    model_history=provenance.extend(meta, entries))
+    raw = meta.model_dump(mode="json", by_alias=True)
+    raw["workflow"]["network"] = model.config.model_dump(mode="json")
+    raw.update(name=f"{meta.name or run_dir.name}-compressed", model_history=provenance.extend(meta, entries))
+    new_meta = type(meta).model_validate(raw)
+    workflow = new_meta.workflow
     out.mkdir(parents=True, exist_ok=True)
     weights = save_checkpoint(model, out, "best", new_meta)
+    checkpoints = {"best": {"file": weights.name, "n_tensors": len(_tensor_names(weights))}}
     if quantize == "int8":
-        n_tensors = _rewrite_int8(weights, ptq_state)
-        stored = json.loads((out / "medmm.json").read_text(encoding="utf-8"))
-        stored["checkpoints"]["best"]["n_tensors"] = n_tensors
-        _atomic_write_text(out / "medmm.json", json.dumps(stored, indent=2) + "\n")
-    _drop_training_state(out)
+        checkpoints["best"]["n_tensors"] = _rewrite_int8(weights, ptq_state)
+    for name in ("last.safetensors", "state.safetensors", "state.json"):  # a deployment artefact: `best` only
+        (out / name).unlink(missing_ok=True)
+    _update_meta(out, checkpoints=checkpoints)
     if not trained:
-        stored = json.loads((out / "medmm.json").read_text(encoding="utf-8"))
-        stored["thresholds"] = _rechoose_thresholds(out, workflow)
-        stored["model_history"][-1]["details"]["thresholds"] = "re-chosen on the validation split"
-        _atomic_write_text(out / "medmm.json", json.dumps(stored, indent=2) + "\n")
+        history = provenance.history(new_meta)
+        history[-1]["details"]["thresholds"] = "re-chosen on the validation split"
+        _update_meta(out, thresholds=_rechoose_thresholds(out, workflow), model_history=history)
     return out
 
 
-def _drop_training_state(out: Path) -> None:
-    """A compressed run is a deployment artefact: keep only ``best`` (a fine-tuning's ``last`` and
-    resume state would describe an un-quantised model under the quantised run's metadata)."""
-    for name in ("last.safetensors", "state.safetensors", "state.json"):
-        (out / name).unlink(missing_ok=True)
-    stored = json.loads((out / "medmm.json").read_text(encoding="utf-8"))
-    stored["checkpoints"] = {k: v for k, v in (stored.get("checkpoints") or {}).items() if k == "best"}
-    _atomic_write_text(out / "medmm.json", json.dumps(stored, indent=2) + "\n")
+def _tensor_names(weights: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        return list(handle.keys())
 
 
 def _calibration(workflow: Any, n: int):

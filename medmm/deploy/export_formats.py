@@ -38,7 +38,7 @@ def _atomic_path(path: Path) -> Path:
 
 
 def _box_mean_pool(x: torch.Tensor, size: int) -> torch.Tensor:
-    """`medmm.models.context_histogram.box_mean` as one ``avg_pool3d`` (its documented semantics):
+    """`medmm.models.radiomics.context.box_mean` as one ``avg_pool3d`` (its documented semantics):
     the original's in-place shifted sums on tensor views do not survive ONNX tracing."""
     return torch.nn.functional.avg_pool3d(x, size, stride=1, padding=size // 2, count_include_pad=False)
 
@@ -48,7 +48,7 @@ def _exportable_ops():
     """While exporting to ONNX: ``torch.bincount`` (no ONNX operator) as the equivalent
     ``scatter_add`` of ones (the same counts) and the context histogram's ``box_mean`` as
     `_box_mean_pool`; the parity check afterwards compares against the unpatched model."""
-    from medmm.models import context_histogram
+    from medmm.models.radiomics import context as context_histogram
 
     original, original_box = torch.bincount, context_histogram.box_mean
 
@@ -68,10 +68,10 @@ def _exportable_ops():
 
 
 def dynamic_spatial(module: ImagePath) -> bool:
-    """Whether the exported graph may take any spatial shape. Not with histogram pathways: their
-    per-cell voxel indices are computed (and cached) per shape in Python, so a trace bakes in the
-    example's shape; such runs always feed the ROI shape (``fit_at_inference``) anyway."""
-    return not getattr(module.image_encoder, "has_histograms", False)
+    """Whether the exported graph may take any spatial shape. Not with the radiomics (histogram)
+    branch: its per-cell voxel indices are computed (and cached) per shape in Python, so a trace
+    bakes in the example's shape; such runs always feed the ROI shape (``fit_at_inference``) anyway."""
+    return getattr(module.model, "radiomics", None) is None
 
 
 def export_onnx(module: ImagePath, example: torch.Tensor, path: Path) -> Path:
@@ -138,7 +138,7 @@ def check_parity(kind: str, difference: float, path: Path) -> None:
                               "probability; not written")
 
 
-def export_file(module: ImagePath, meta: dict[str, Any], fmt: str, path: Path) -> dict[str, Any]:
+def export_file(module: ImagePath, meta: Any, fmt: str, path: Path) -> dict[str, Any]:
     """Export ``module`` as ``fmt`` (``onnx`` / ``torchscript``) to ``path`` and check parity.
 
     Returns:

@@ -70,18 +70,14 @@ def run_probabilities(predictor: Any, cases: list[Any], workflow: Any, batch_siz
     from medmm.deploy.run_data import preprocessed
 
     out: dict[str, torch.Tensor] = {}
-    model = predictor.model
     for start in range(0, len(cases), batch_size):
         chunk = cases[start:start + batch_size]
         x = torch.cat([preprocessed(workflow, c) for c in chunk])
-        indications = [c.indication for c in chunk]
         with torch.inference_mode():
-            fm = predictor.feature_map(x)
-            pooled, tokens = model.embed(fm)
-            if predictor.use_generated_report:
-                texts = predictor.fusion_texts(tokens, indications)
-            else:
-                texts = predictor.texts_for([""] * len(chunk), indications)
-            probs = torch.sigmoid(model.classify(pooled, predictor.text_embedding(texts), tokens)).cpu()
+            step = predictor.model.predict_step(
+                feature_map=predictor.feature_map(x), indications=[c.indication for c in chunk],
+                use_generated_report=predictor.use_generated_report, use_indication=predictor.use_indication,
+                generate=predictor.use_generated_report)
+            probs = torch.sigmoid(step.logits).cpu()
         out.update({c.case_id: p.float() for c, p in zip(chunk, probs)})
     return out

@@ -14,6 +14,8 @@ window): give it the ROI-sized image that the run's preprocessing produces.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,27 +23,27 @@ from medmm.errors import MedmmInputError
 
 
 class ImagePath(nn.Module):
-    """``image → raw probabilities`` of a loaded fp32 ``MedMM`` (see module docstring)."""
+    """``image → raw probabilities`` of a loaded fp32 ``MedMM`` through `MedMM.predict_step` with
+    the fixed text embedding (see module docstring)."""
 
     def __init__(self, model: nn.Module, text_embedding: torch.Tensor | None):
         super().__init__()
-        # only the parts on the path (MedMM.feature_map/embed/classify delegate to them): the report
-        # LM's tied embeddings would otherwise stop torch.jit.trace
-        self.image_encoder = _untied(model.image_encoder).eval()
-        self.fusion = _untied(model.fusion).eval()
+        self.model = _untied(model).eval()
         self.labels = list(model.labels)
         self.register_buffer("text_embedding", None if text_embedding is None else text_embedding.detach().clone())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        pooled, tokens = self.image_encoder.embed(self.image_encoder.feature_map(image))
-        text = None if self.text_embedding is None else self.text_embedding.expand(image.shape[0], -1)
-        return torch.sigmoid(self.fusion(pooled, text, tokens))
+        if self.text_embedding is None:  # image-only head: no text at all
+            step = self.model.predict_step(image, generate=False, use_generated_report=False, use_indication=False)
+        else:
+            step = self.model.predict_step(image, text_emb=self.text_embedding.expand(image.shape[0], -1))
+        return torch.sigmoid(step.logits)
 
 
 def _untied(module: nn.Module) -> nn.Module:
-    """``module`` (in place) with no two buffers/parameters being one tensor (torch.jit.trace refuses
-    sharing; e.g. the context histogram registers the same centres for each neighbourhood size).
-    Not a deep copy: the encoder's feature function is a closure over its own backbone."""
+    """``module`` (in place) with no two buffers/parameters being one tensor: torch.jit.trace refuses
+    sharing (the report LM's tied embeddings, the context histogram's shared centres). Not a deep
+    copy: the encoder's feature function is a closure over its own backbone."""
     seen: set[int] = set()
     for owner in module.modules():
         for name, tensor in list(owner._buffers.items()) + list(owner._parameters.items()):
@@ -56,14 +58,15 @@ def _untied(module: nn.Module) -> nn.Module:
     return module
 
 
-def load_image_path(run_dir) -> tuple[ImagePath, dict]:
-    """The run's image path and its ``medmm.json`` (refuses int8 runs: export their fp32 source).
+def load_image_path(run_dir) -> tuple[ImagePath, Any]:
+    """The run's image path and its `RunMeta` (refuses int8 runs: export their fp32 source).
 
     Raises:
         MedmmInputError: not a run dir, or an int8-quantised run.
     """
     from medmm.deploy.provenance import history
     from medmm.inference import load_model
+    from medmm.models.fusion import fusion_texts
 
     predictor = load_model(run_dir, device="cpu")
     if any(h.get("action") == "quantised" for h in history(predictor.meta)):
@@ -71,14 +74,14 @@ def load_image_path(run_dir) -> tuple[ImagePath, dict]:
                               "exports fine) - ONNX Runtime's int8 Conv3d measured slower than fp32 here")
     text = None
     if getattr(predictor.model, "uses_text", False):
+        texts = fusion_texts([""], [None], predictor.use_generated_report, predictor.use_indication)
         with torch.inference_mode():
-            text = predictor.model.encode_text(predictor.texts_for([""], [None])).clone()
+            text = predictor.model.encode_text(texts).clone()
     return ImagePath(predictor.model, text).eval(), predictor.meta
 
 
-def example_input(meta: dict) -> torch.Tensor:
+def example_input(meta: Any) -> torch.Tensor:
     """A deterministic ROI-sized example image for tracing and parity checks."""
-    prep = meta.get("preprocessing") or (meta.get("workflow") or {}).get("preprocessing") or {}
-    roi = [int(s) for s in prep.get("roi_size") or (32, 32, 32)]
-    channels = int(((meta.get("model") or {}).get("image_encoder") or {}).get("in_channels", 1))
+    roi = [int(s) for s in (meta.preprocessing.roi_size or (32, 32, 32))]
+    channels = int(meta.network.image_encoder.in_channels)
     return torch.rand(1, channels, *roi, generator=torch.Generator().manual_seed(0))

@@ -21,7 +21,7 @@ def split_checkpoint(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
     return split_compressed(tensors)
 
 
-def runtime_model(model: torch.nn.Module, ptq_state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> torch.nn.Module:
+def runtime_model(model: torch.nn.Module, ptq_state: Mapping[str, torch.Tensor], meta: Any) -> torch.nn.Module:
     """``model`` with int8 kernels attached when the run was quantised (CPU only), else unchanged."""
     from medmm.deploy.provenance import runtime_flags
 

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medmm.errors import MedmmConfigError, MedmmInputError
+from medmm.errors import MedmmInputError
 
 
 def _preprocessing_config(prep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -42,7 +42,7 @@ def _preprocessing_config(prep: dict[str, Any]) -> list[dict[str, Any]]:
     steps.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": a_min, "a_max": a_max,
                   "b_min": b_min, "b_max": b_max, "clip": bool(prep.get("clip", True))})
     if prep.get("crop_foreground"):
-        from medmm.data.transforms import hu_to_intensity
+        from medmm.config import hu_to_intensity
 
         threshold = float(hu_to_intensity(prep["foreground_hu"], _prep_model(prep)))
         steps.append({"_target_": "CropForegroundd", "keys": "image", "source_key": "image",
@@ -59,7 +59,7 @@ def _preprocessing_config(prep: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _prep_model(prep: dict[str, Any]) -> Any:
-    from medmm.data.transforms import PreprocessingConfig
+    from medmm.config import PreprocessingConfig
 
     return PreprocessingConfig.model_validate(prep)
 
@@ -83,7 +83,7 @@ def inference_config(prep: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def metadata(meta: dict[str, Any], prep: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+def metadata(meta: Any, prep: dict[str, Any], labels: list[str]) -> dict[str, Any]:
     """``configs/metadata.json`` (MONAI bundle metadata schema fields)."""
     import monai
     import nibabel
@@ -91,12 +91,13 @@ def metadata(meta: dict[str, Any], prep: dict[str, Any], labels: list[str]) -> d
     import torch
 
     import medmm
+    from medmm.deploy.provenance import history
 
     roi = prep.get("roi_size")
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
         "version": "0.1.0",
-        "changelog": {"0.1.0": f"exported by medmm {medmm.__version__} from run {meta.get('name')}"},
+        "changelog": {"0.1.0": f"exported by medmm {medmm.__version__} from run {meta.name}"},
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": numpy.__version__,
@@ -113,15 +114,15 @@ def metadata(meta: dict[str, Any], prep: dict[str, Any], labels: list[str]) -> d
                                  "spatial_shape": [len(labels)], "dtype": "float32", "value_range": [0, 1],
                                  "is_onehot": False, "channel_def": {str(i): name for i, name in enumerate(labels)}}},
         },
-        "model_history": meta.get("model_history") or [],
+        "model_history": history(meta),
     }
 
 
-def _readme(meta: dict[str, Any], labels: list[str], parity: float) -> str:
+def _readme(meta: Any, labels: list[str], parity: float) -> str:
     from medmm.deploy.image_path import __doc__ as image_path_doc
 
     return "\n".join([
-        f"# {meta.get('name')} — medmm image path as a MONAI bundle", "",
+        f"# {meta.name} — medmm image path as a MONAI bundle", "",
         "Run inside this folder (needs monai, torch, nibabel; not medmm):", "",
         "```", "python -m monai.bundle run --config_file configs/inference.json --image /path/to/scan.nii.gz", "```", "",
         "Writes `eval/probabilities.json`: one raw probability per finding. A finding is called positive when its",
@@ -138,7 +139,6 @@ def write_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
 
     Raises:
         MedmmInputError: ``out`` is not empty, ``run_dir`` is not a usable run.
-        MedmmConfigError: the run's preprocessing cannot be written as bundle config.
     """
     from medmm.deploy.export_formats import export_file
     from medmm.deploy.image_path import load_image_path
@@ -146,9 +146,7 @@ def write_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
     if out.exists() and any(out.iterdir()):
         raise MedmmInputError(out, "bundle folder exists and is not empty; choose a new folder")
     module, meta = load_image_path(run_dir)
-    prep = meta.get("preprocessing") or (meta.get("workflow") or {}).get("preprocessing")
-    if not isinstance(prep, dict) or "hu_window" not in prep:
-        raise MedmmConfigError(run_dir / "medmm.json", "stores no preprocessing to write into the bundle")
+    prep = meta.preprocessing.model_dump(mode="json")
     labels = list(module.labels)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -160,7 +158,7 @@ def write_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
         "configs/inference.json": inference_config(prep),
         "configs/metadata.json": metadata(meta, prep, labels),
         "configs/labels.json": labels,
-        "configs/thresholds.json": {name: float((meta.get("thresholds") or {}).get(name, 0.5)) for name in labels},
+        "configs/thresholds.json": {name: float(meta.thresholds[name]) for name in labels},
         "configs/preprocessing.json": prep,
     }
     for name, content in files.items():
@@ -176,12 +174,11 @@ def write_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
             "dynamic_spatial": record["dynamic_spatial"]}
 
 
-def _ontology_file(run_dir: Path, meta: dict[str, Any]) -> Path | None:
+def _ontology_file(run_dir: Path, meta: Any) -> Path | None:
     """The ontology file the run was trained with (the packaged default when it names none)."""
     from medmm.knowledge import load_ontology
 
-    stored = meta.get("ontology")
-    path = stored.get("path") if isinstance(stored, dict) else stored
+    path = meta.ontology.path
     for candidate in ([run_dir / path, Path(path)] if path else []):
         if candidate.is_file():
             return candidate

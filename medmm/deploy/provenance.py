@@ -25,13 +25,18 @@ def entry(action: str, **details: Any) -> dict[str, Any]:
     return {"action": action, "details": details}
 
 
-def history(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The run's model history (empty for a model as trained)."""
-    items = meta.get(HISTORY_KEY) or []
-    return [dict(item) for item in items if isinstance(item, Mapping)]
+def history(meta: Any) -> list[dict[str, Any]]:
+    """The run's model history (a `RunMeta` or its JSON dict; empty for a model as trained)."""
+    items = meta.get(HISTORY_KEY) if isinstance(meta, Mapping) else getattr(meta, HISTORY_KEY, None)
+    out = []
+    for item in items or []:
+        item = item.model_dump(mode="json") if hasattr(item, "model_dump") else item
+        if isinstance(item, Mapping):
+            out.append(dict(item))
+    return out
 
 
-def runtime_flags(meta: Mapping[str, Any]) -> dict[str, bool]:
+def runtime_flags(meta: Any) -> dict[str, bool]:
     """``{"linear_int8": ...}``: whether the loader must run Linear layers dynamic int8."""
     linear = any(h.get("action") == "quantised" and (h.get("details") or {}).get("linear") == "dynamic_int8"
                  for h in history(meta))
@@ -59,7 +64,7 @@ def _format(item: Mapping[str, Any]) -> str:
     return str(action)
 
 
-def describe(meta: Mapping[str, Any]) -> list[str]:
+def describe(meta: Any) -> list[str]:
     """One line per history step, e.g. ``pruned (structured, ratio 0.5): widths [..] -> [..]``."""
     return [_format(item) for item in history(meta) if item.get("action") in ACTIONS]
 
@@ -73,6 +78,6 @@ def describe_run(run_dir: str | Path) -> list[str]:
     return describe(meta) if isinstance(meta, dict) else []
 
 
-def extend(meta: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def extend(meta: Any, entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The history of ``meta`` followed by ``entries``."""
     return history(meta) + [dict(e) for e in entries]

@@ -137,21 +137,12 @@ def backbone_widths(encoder: nn.Module) -> list[int]:
 
 
 def _encoder_columns(encoder: nn.Module, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input columns of ``pool_proj`` and ``token_proj`` that survive when the backbone keeps ``keep``.
-
-    Their inputs are ``[cnn avg (C), cnn max (C, avgmax only), histogram/context features]`` and
-    ``[cnn (C), histogram (H)]`` (`ImageEncoder.embed`).
-    """
-    c = encoder.channels
+    """Input columns of ``pool_proj`` and ``token_proj`` that survive when the backbone keeps ``keep``
+    (both read the backbone's channels, `ImageEncoder.embed`)."""
     pool_in = encoder.pool_proj[-1].in_features
-    parts = [keep]
-    n_cnn = c
-    if encoder.cfg.global_pool == "avgmax":
-        parts.append(keep + c)
-        n_cnn = 2 * c
-    pool_cols = torch.cat([*parts, torch.arange(n_cnn, pool_in)])
-    token_cols = torch.cat([keep, torch.arange(c, encoder.token_proj.in_features)])
-    return pool_cols, token_cols
+    token_in = encoder.token_proj.in_features
+    c = encoder.channels
+    return torch.cat([keep, torch.arange(c, pool_in)]), torch.cat([keep, torch.arange(c, token_in)])
 
 
 def structured_prune(model: nn.Module, ratio: float) -> nn.Module:

@@ -8,7 +8,7 @@ compression never looks at validation or test scans.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -16,19 +16,12 @@ import torch
 from medmm.errors import MedmmConfigError
 
 
-def run_workflow(meta: Mapping[str, Any], where: str) -> Any:
-    """The run's resolved `WorkflowConfig` (as stored in ``medmm.json``)."""
-    from pydantic import ValidationError
-
-    from medmm.config import WorkflowConfig
-
-    raw = meta.get("workflow")
-    if not isinstance(raw, dict):
+def run_workflow(meta: Any, where: str) -> Any:
+    """The run's resolved `WorkflowConfig` (``RunMeta.workflow``)."""
+    workflow = getattr(meta, "workflow", None)
+    if workflow is None:
         raise MedmmConfigError(where, "stores no resolved workflow; compressing needs the run's own data and settings")
-    try:
-        return WorkflowConfig.model_validate(raw)
-    except ValidationError as err:
-        raise MedmmConfigError(where, f"stored workflow is invalid ({str(err).splitlines()[0]})") from None
+    return workflow
 
 
 def split_of(workflow: Any, split: str = "train") -> list[Any]:

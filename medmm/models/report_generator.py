@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmm.models.config import ReportGeneratorConfig
+from medmm.config.network import ReportGeneratorConfig
 from medmm.models.pretrained import load_causal_lm, load_tokenizer
 
 IGNORE_INDEX = -100  # label value cross-entropy skips (transformers' convention)
@@ -100,16 +100,18 @@ class ReportGenerator(nn.Module):
         image_dim: width ``D`` of the image tokens.
         tokenizer: tokenizer to reuse for the from-scratch decoder (the text encoder's); a loaded
             LM always uses its own.
+        vocab_ids: the from-scratch decoder's vocabulary (`NetworkDerived.vocab_ids`; None = all).
     """
 
-    def __init__(self, cfg: ReportGeneratorConfig, image_dim: int, tokenizer: Any):
+    def __init__(self, cfg: ReportGeneratorConfig, image_dim: int, tokenizer: Any,
+                 vocab_ids: Sequence[int] | None = None):
         super().__init__()
         self.cfg = cfg
         if cfg.name_or_path is None:
             from transformers import GPT2Config, GPT2LMHeadModel
 
             self.tokenizer = tokenizer
-            self._compact_vocabulary(cfg.vocab_ids)
+            self._compact_vocabulary(vocab_ids)
             lm_config = GPT2Config(
                 vocab_size=self.vocab_size,
                 n_positions=cfg.n_positions,

@@ -31,23 +31,23 @@ def test_structured_int8_run_reloads_predicts_and_is_smaller(tiny_run, tmp_path,
           "--calibration-scans", "4"])
     meta = json.loads((out / "medmm.json").read_text())
     actions = [h["action"] for h in meta["model_history"]]
-    assert actions == ["pruned", "quantised"]
-    assert meta["model_history"][0]["details"]["widths_after"] == [2, 4, 4, 4]
-    assert meta["model_history"][1]["details"]["calibration_scans"] == 4
+    assert actions[-2:] == ["pruned", "quantised"]  # after what the source run's history already says
+    assert meta["model_history"][-2]["details"]["widths_after"] == [2, 4, 4, 4]
+    assert meta["model_history"][-1]["details"]["calibration_scans"] == 4
     assert meta["workflow"]["network"]["image_encoder"]["widths"] == [2, 4, 4, 4]
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["best.safetensors"]
     assert (out / "best.safetensors").stat().st_size < 0.5 * (tiny_run / "best.safetensors").stat().st_size
-    assert set(meta["thresholds"]) == set(meta["labels"])
+    assert list(meta["thresholds"]) == meta["workflow"]["data"]["labels"]
 
     predictor = medmm.load_model(out, device="cpu")
     features = predictor.model.image_encoder._features
     assert any(".quantized." in type(m).__module__ for m in features.modules())  # int8 conv kernels run
     case = next(iter(read_manifest(heldout_manifest, labels=TINY_LABELS)))
-    result = predictor.predict(case.image)
+    result = predictor.predict(case.image, force=True)  # tiny blob phantoms fail the chest-CT plausibility gate
     probs = [row["probability_raw"] for row in result.findings]
     assert len(probs) == 3 and all(0.0 <= p <= 1.0 for p in probs)
     fp32 = medmm.load_model(tiny_run, device="cpu")
-    assert fp32.predict(case.image).findings != result.findings  # a different (compressed) model answered
+    assert fp32.predict(case.image, force=True).findings != result.findings  # a different (compressed) model answered
 
     capsys.readouterr()
     _cli(["evaluate", str(out), "--data", str(heldout_manifest), "--split", "all", "--out", str(tmp_path / "eval"),
@@ -63,7 +63,7 @@ def test_unstructured_run_is_sparse_and_loads(tiny_run, tmp_path):
 
     out = compress_run(tiny_run, tmp_path / "sparse", prune=0.5, prune_kind="unstructured", verbose=False)
     meta = json.loads((out / "medmm.json").read_text())
-    assert meta["model_history"][0]["details"]["sparsity"] >= 0.49
+    assert meta["model_history"][-1]["details"]["sparsity"] >= 0.49
     model = load_model(out, device="cpu").model
     convs = [m.weight for m in model.image_encoder.backbone.modules() if isinstance(m, torch.nn.Conv3d)]
     assert sum(int((w == 0).sum()) for w in convs) >= 0.49 * sum(w.numel() for w in convs)
@@ -76,9 +76,9 @@ def test_distilled_student_records_its_teacher(tiny_run, tmp_path):
     out = compress_run(tiny_run, tmp_path / "student", prune=0.5, finetune_epochs=1, distill_from=tiny_run,
                        verbose=False)
     meta = json.loads((out / "medmm.json").read_text())
-    assert [h["action"] for h in meta["model_history"]] == ["pruned", "distilled"]
+    assert [h["action"] for h in meta["model_history"]][-2:] == ["pruned", "distilled"]
     teacher_id = load_model(tiny_run, device="cpu").model_id
-    assert meta["model_history"][1]["details"]["teacher"] == teacher_id
+    assert meta["model_history"][-1]["details"]["teacher"] == teacher_id
     assert any(f"teacher {teacher_id}" in line for line in describe_run(out))
     assert load_model(out, device="cpu").model.config.image_encoder.widths == [2, 4, 4, 4]
 

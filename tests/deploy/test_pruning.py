@@ -8,7 +8,8 @@ from torch import nn
 
 from medmm.deploy.pruning import backbone_widths, structured_prune, unstructured_prune
 from medmm.errors import MedmmConfigError
-from medmm.models import ImageEncoder, ImageEncoderConfig
+from medmm.config import ImageEncoderConfig
+from medmm.models import ImageEncoder
 
 
 class _Holder(nn.Module):
@@ -16,7 +17,8 @@ class _Holder(nn.Module):
 
     def __init__(self, encoder_cfg: ImageEncoderConfig):
         super().__init__()
-        from medmm.models import FusionConfig, FusionHead, ModelConfig
+        from medmm.config import FusionConfig, ModelConfig
+        from medmm.models import FusionHead
 
         self.config = ModelConfig(image_encoder=encoder_cfg, fusion=FusionConfig(use_text=False, hidden=8))
         self.image_encoder = ImageEncoder(encoder_cfg)
