@@ -135,26 +135,30 @@ class Predictor:
         return TensorPrediction(out.logits.cpu(), probs_raw.cpu(), probs.cpu(), out.reports, out.texts)
 
     # -------------------------------------------------------------- predict
-    def predict(self, path_or_volume: Any, indication: str | None = None, series: str | None = None) -> Result:
+    def predict(self, path_or_volume: Any, indication: str | None = None, series: str | None = None,
+                force: bool = False) -> Result:
         """Diagnose one scan (DICOM file/folder/zip, NIfTI, or a :class:`medmm.io.Volume`).
 
         Args:
             path_or_volume: what to diagnose.
             indication: optional clinical indication, given to the text encoder with the report.
             series: DICOM series UID (suffix) when a folder holds several series.
+            force: diagnose an input the plausibility gate refuses (its reasons become warnings).
 
         Returns:
             :class:`Result` with raw and ontology-consistent probabilities, decisions, the
             generated report and a Grad-CAM explainer.
 
         Raises:
-            MedmmInputError: the input cannot be read.
+            MedmmInputError: the input cannot be read, or is clearly not a chest CT
+                (``inference/plausibility.py``; ``force=True`` overrides).
         """
         from medmm.data.transforms import grid_affine, preprocess_volume
         from medmm.knowledge import make_consistent
 
         start = time.perf_counter()
         volume = self._load(path_or_volume, series)
+        input_warnings = _plausibility(volume, self.meta, force, path_or_volume)  # i21 hook: input gate
         input_info = _input_info(volume)
         input_grid = (tuple(int(n) for n in volume.shape), np.asarray(volume.affine, dtype=np.float64))
         source_files = list(volume.source_files)
@@ -219,6 +223,7 @@ class Predictor:
             image=image_np,
             image_affine=image_affine,
             source_files=source_files,
+            warnings=input_warnings,
             _explainer=explainer,
         )
 
@@ -344,6 +349,14 @@ def _load_ontology(run_dir: Path, meta: RunMeta):
         if candidate.is_file():
             return load_ontology(candidate)
     return load_ontology()
+
+
+def _plausibility(volume: Any, meta: Any, force: bool, source: Any) -> list[str]:
+    """Refuse a clearly implausible input, else its warnings (see ``inference/plausibility.py``)."""
+    from medmm.inference.plausibility import check_input
+    from medmm.io import Volume
+
+    return check_input(volume, meta, force=force, where=None if isinstance(source, Volume) else source)
 
 
 def _input_info(volume: Any) -> dict[str, Any]:

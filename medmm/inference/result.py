@@ -73,6 +73,8 @@ class Result:
         image_affine: 4x4 affine of ``image`` (voxel -> RAS mm).
         source_files: DICOM files of the input series (for writers that reference them; never
             serialised).
+        warnings: why the input is doubtful (plausibility gate, ``inference/plausibility.py``);
+            shown in every output format and on stderr.
     """
 
     findings: list[dict[str, Any]]
@@ -86,6 +88,7 @@ class Result:
     image: np.ndarray | None = field(default=None, repr=False)
     image_affine: np.ndarray | None = field(default=None, repr=False)
     source_files: list[Any] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)
     _explainer: Callable[[str], Explanation] | None = field(default=None, repr=False)
 
     # ----------------------------------------------------------------- tables
@@ -146,6 +149,7 @@ class Result:
             "report": self.report,
             "findings": [_jsonable(row) for row in self.findings],
             "consistency": _jsonable(self.consistency),
+            "warnings": [str(w) for w in self.warnings],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -160,6 +164,8 @@ class Result:
             mark = "yes" if row["positive"] else "-"
             lines.append(f"{row['finding']:<36} {row['probability']:6.3f} {row['threshold']:5.2f}  {mark}")
         lines += ["", "Report:", self.report]
+        if self.warnings:
+            lines += ["", "Input warnings:", *(f"  - {w}" for w in self.warnings)]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

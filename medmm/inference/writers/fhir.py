@@ -89,6 +89,10 @@ def build_bundle(result: Any) -> dict[str, Any]:
             "conclusion": result.report,
         },
     }
+    from medmm.inference.writers.notes import fhir_extensions  # input warnings (plausibility gate)
+
+    if extensions := fhir_extensions(result):
+        report["resource"]["extension"] = extensions
     return {"resourceType": "Bundle", "type": "collection", "entry": [report, *observations]}
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medmm.inference.result import findings_table_html
+from medmm.inference.writers.notes import html_block
 from medmm.io.writers import atomic_write_text
 
 _CSS = """
@@ -117,6 +118,7 @@ def render_html(result: Any) -> str:
 <p class="note">Research use only; not a medical device. Model {html.escape(str(model.get("id")))},
 input {html.escape(str(geo.get("shape")))} voxels at {html.escape(str(geo.get("spacing")))} mm
 ({html.escape(str(geo.get("orientation")))}).</p>
+{html_block(result)}
 {indication}
 <h2>Generated report</h2>
 <p>{html.escape(result.report)}</p>
