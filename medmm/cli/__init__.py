@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "infer": ("medmm.cli.infer", "infer", "Diagnose a scan (or a batch) with a trained model."),
     "evaluate": ("medmm.cli.evaluate", "evaluate", "Evaluate a trained model on a manifest."),
     "demo": ("medmm.cli.demo", "demo", "Synthetic data -> train -> infer, end to end."),
+    "labeler": ("medmm.cli.labeler", "labeler", "Train a learned report labeler from labelled reports."),
+    "serve": ("medmm.cli.serve", "serve", "Serve a model over HTTP and DICOM (needs medmm[serve])."),
 }
 
 

@@ -200,7 +200,8 @@ def evaluate(
     from medmm.evaluation.text_metrics import report_metrics
 
     refs = [c.report or "" for c in cases]
-    reports = report_metrics(pred["reports"], refs, labeler=labeler)
+    reports = report_metrics(pred["reports"], refs, labeler=labeler,
+                             decisions=predictor.decide(torch.as_tensor(pred["consistent"])).numpy())
 
     robustness = None
     if specs:
