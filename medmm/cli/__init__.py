@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "evaluate": ("medmm.cli.evaluate", "evaluate", "Evaluate a trained model on a manifest."),
     "demo": ("medmm.cli.demo", "demo", "Synthetic data -> train -> infer, end to end."),
     "labeler": ("medmm.cli.labeler", "labeler", "Train a learned report labeler from labelled reports."),
+    "serve": ("medmm.cli.serve", "serve", "Serve a model over HTTP and DICOM (needs medmm[serve])."),
 }
 
 
