@@ -49,6 +49,14 @@ def _finish(client, server, job_id, who="alice", timeout=180):
                     ["status"] in ("done", "failed") and r, timeout, f"job {job_id}")
 
 
+@pytest.fixture(scope="module")
+def finished_job(client, server, inputs):
+    """One job run to the end, for tests that read what a job leaves behind (xdist may run them first)."""
+    r = client.post("/v1/jobs", content=inputs["nifti"], headers=server.headers())
+    assert r.status_code == 202, r.text
+    return _finish(client, server, r.json()["job_id"])
+
+
 @pytest.mark.parametrize("kind", ["zip", "nifti"])
 def test_job_lifecycle_and_artefacts(client, server, inputs, kind):
     r = client.post("/v1/jobs", params={"indication": "cough"}, content=inputs[kind], headers=server.headers())
@@ -144,7 +152,7 @@ def test_429_rate_limit_with_retry_after(client, server):
     assert client.get("/readyz", headers=server.headers("alice")).status_code == 200  # per token
 
 
-def test_metrics_and_docs(client, server):
+def test_metrics_and_docs(client, server, finished_job):
     text = client.get("/metrics").text  # loopback: no token needed
     for name in ("medmm_requests_total", "medmm_job_stage_seconds_bucket", "medmm_queue_depth",
                  "medmm_inflight_jobs", "medmm_model_info", "medmm_jobs_total", "medmm_ready 1.0"):
@@ -155,7 +163,7 @@ def test_metrics_and_docs(client, server):
     assert {"/v1/jobs", "/v1/predict", "/v1/jobs/{job_id}", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
 
 
-def test_audit_log_records_jobs(server):
+def test_audit_log_records_jobs(server, finished_job):
     rows = [json.loads(line) for line in (server.state_dir / "audit.jsonl").read_text().splitlines()]
     jobs = [r for r in rows if r["event"] == "job"]
     assert jobs and all(r["token"] and len(r["input_sha256"]) == 64 and r["outcome"] in ("done", "failed")
