@@ -44,6 +44,7 @@ class TensorPrediction(NamedTuple):
     probs: torch.Tensor
     reports: list[str]
     texts: list[str]
+    report_checks: list[dict[str, Any]] = []
 
 
 def _weights_id(run_dir: Path, checkpoint: str) -> str:
@@ -96,6 +97,16 @@ class Predictor:
         self.use_generated_report = bool(text.get("use_generated_report", True))
         self.use_indication = bool(text.get("use_indication", True))
         self.model_id = f"{meta.get('name') or run_dir.name}@{_weights_id(run_dir, checkpoint)}"
+        self._init_report_checks(ontology)
+
+    def _init_report_checks(self, ontology: Any) -> None:
+        """Calibration of the logits and the report verifier (issue 16; medmm.models.calibration/report_verifier)."""
+        from medmm.knowledge import ReportLabeler
+        from medmm.models.calibration import Calibration
+        from medmm.models.report_verifier import ReportVerifier
+
+        self.calibration = Calibration(self.meta.get("calibration"), self.labels)
+        self.verifier = ReportVerifier(ReportLabeler(ontology, self.labels), self.labels, self.model.report_generator)
 
     # --------------------------------------------------------------- stages
     def preprocess(self, path_or_volume: Any, series: str | None = None) -> torch.Tensor:
@@ -131,7 +142,7 @@ class Predictor:
             texts = self.fusion_texts(tokens, indications)
         if len(texts) != x.shape[0]:
             raise ValueError(f"got {len(texts)} texts for a batch of {x.shape[0]} images")
-        return self.model.classify(pooled, self.text_embedding(texts), tokens)
+        return self.calibration.logits(self.model.classify(pooled, self.text_embedding(texts), tokens))
 
     def text_embedding(self, texts: list[str]) -> torch.Tensor | None:
         """Fusion-head text embeddings, or None for an image-only model."""
@@ -142,8 +153,22 @@ class Predictor:
     def fusion_texts(self, tokens: torch.Tensor, indications: list[str | None] | None = None) -> list[str]:
         """Generate reports from image tokens and combine each with its indication."""
         with torch.no_grad():
-            reports = self.model.generate_reports(tokens.detach())
+            reports = self._drafts(tokens.detach())
         return self.texts_for(reports, indications)
+
+    def _drafts(self, tokens: torch.Tensor) -> list[str]:
+        """Reports the fusion head reads (ungrounded drafts); a grounded model's head reads none."""
+        if self.model.report_generator.grounded or not self.use_generated_report:
+            return [""] * tokens.shape[0]
+        return list(self.model.generate_reports(tokens))
+
+    def verified_reports(self, tokens: torch.Tensor, decisions: torch.Tensor, drafts: list[str]) -> list[Any]:
+        """Reports grounded on (and verified against) ``decisions`` (``medmm.models.report_verifier``)."""
+        from medmm.models.report_verifier import write_verified_reports
+
+        grounded = self.model.report_generator.grounded or not self.use_generated_report
+        return write_verified_reports(self.model, tokens, decisions.bool(), self.verifier,
+                                      None if grounded else drafts)
 
     def texts_for(self, reports: list[str], indications: list[str | None] | None = None) -> list[str]:
         """Fusion-head texts exactly as in training (the run's ``text`` settings decide the parts)."""
@@ -162,12 +187,14 @@ class Predictor:
             x = x.to(self.device)
             fm = self.feature_map(x)
             pooled, tokens = self.model.embed(fm)
-            reports = list(self.model.generate_reports(tokens))
-            texts = self.texts_for(reports, indications)
-            logits = self.model.classify(pooled, self.text_embedding(texts), tokens)
+            drafts = self._drafts(tokens)
+            texts = self.texts_for(drafts, indications)
+            logits = self.calibration.logits(self.model.classify(pooled, self.text_embedding(texts), tokens))
             probs_raw = torch.sigmoid(logits)
             probs = make_consistent(probs_raw.cpu(), self.constraints, track_repairs=False).probs
-        return TensorPrediction(logits.cpu(), probs_raw.cpu(), probs.cpu(), reports, texts)
+            checked = self.verified_reports(tokens, self.decide(probs), drafts)
+        return TensorPrediction(logits.cpu(), probs_raw.cpu(), probs.cpu(), [c.text for c in checked], texts,
+                                [c.to_json() for c in checked])
 
     # -------------------------------------------------------------- predict
     def predict(self, path_or_volume: Any, indication: str | None = None, series: str | None = None) -> Result:
@@ -203,9 +230,9 @@ class Predictor:
         with torch.inference_mode():
             fm = self.feature_map(image.as_tensor()[None] if hasattr(image, "as_tensor") else image[None])
             pooled, tokens = self.model.embed(fm)
-            report = str(self.model.generate_reports(tokens)[0])
-            text_emb = self.text_embedding(self.texts_for([report], [indication]))
-            logits = self.model.classify(pooled, text_emb, tokens)
+            draft = self._drafts(tokens)
+            text_emb = self.text_embedding(self.texts_for(draft, [indication]))
+            logits = self.calibration.logits(self.model.classify(pooled, text_emb, tokens))
             probs_raw = torch.sigmoid(logits).cpu()
         consistent = make_consistent(probs_raw, self.constraints)
         probs = consistent.probs
@@ -213,6 +240,7 @@ class Predictor:
         # per-finding thresholds differ, so thresholding consistent probabilities could still give
         # inconsistent decisions; consistent_decisions guarantees them (docs/knowledge.md)
         decisions = self.decide(probs)[0].tolist()
+        checked = self.verified_reports(tokens, torch.tensor([decisions]), draft)[0]
 
         findings = self._findings(probs_raw[0].tolist(), probs[0].tolist(), repairs, decisions)
         by_name = {row["finding"]: row for row in findings}
@@ -230,7 +258,8 @@ class Predictor:
         del image
         return Result(
             findings=findings,
-            report=report,
+            report=checked.text,
+            report_check=checked.to_json(),
             indication=indication,
             model=self.model_info(),
             input=input_info,
@@ -319,6 +348,8 @@ class Predictor:
                     "codes": _codes(self.ontology, label),
                     "ontology_path": _path(self.ontology, label),
                     "repaired": [_repair_text(r) for r in repairs if getattr(r, "label", None) == label],
+                    "reliable": label not in self.calibration.unreliable,
+                    "unreliable_reason": self.calibration.unreliable.get(label),
                 }
             )
         return rows

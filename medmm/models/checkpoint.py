@@ -23,6 +23,7 @@ import torch
 
 from medmm.errors import MedmmInputError
 from medmm.models.config import ModelConfig
+from medmm.models.lora import base_record, check_base
 from medmm.models.medmm import MedMM
 from medmm.models.pretrained import weights_sha256
 
@@ -52,9 +53,15 @@ def _skipped_keys(model: MedMM) -> set[str]:
     """State-dict keys taken from the pretrained text encoder's files instead of the checkpoint."""
     encoder = model.text_encoder
     if encoder is None or encoder.cfg.tuning == "full":
-        return set()
+        return _frozen_lm_keys(model)
     trainable = {name for name, p in encoder.model.named_parameters() if p.requires_grad}
-    return {f"text_encoder.model.{key}" for key in encoder.model.state_dict() if key not in trainable}
+    skipped = {f"text_encoder.model.{key}" for key in encoder.model.state_dict() if key not in trainable}
+    return skipped | _frozen_lm_keys(model)
+
+
+def _frozen_lm_keys(model: MedMM) -> set[str]:
+    """Frozen base weights of a LoRA report LM (re-read from its folder; issue 16, medmm.models.lora)."""
+    return {f"report_generator.{key}" for key in model.report_generator.frozen_keys()}
 
 
 def _text_encoder_record(model: MedMM) -> dict[str, Any] | None:
@@ -140,6 +147,7 @@ def save_checkpoint(
         "model": model.config.model_dump(mode="json"),
         "labels": list(model.labels),
         "text_encoder": _text_encoder_record(model),
+        "report_lm": base_record(model),
     }
     header = {"format": "pt", _HEADER_KEY: json.dumps(info)}
     weights_path = directory / f"{name}.safetensors"
@@ -231,6 +239,7 @@ def load_checkpoint(
                 f"from those this checkpoint was trained with ({record['weights_sha256'][:12]}...)",
             )
 
+    check_base(info.get("report_lm"), path)
     model = MedMM(config, labels)
     tensors = load_file(str(path), device="cpu")
     try:

@@ -174,6 +174,16 @@ class TextEncoderConfig(_Strict):
         return self
 
 
+class LoraConfig(_Strict):
+    """LoRA adapters (``peft``) on a pretrained report LM; its own weights stay frozen."""
+
+    r: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt, e.g. [q_proj, v_proj]; None = peft's default for the architecture")
+
+
 class ReportGeneratorConfig(_Strict):
     """Causal LM that writes the report, conditioned on the image tokens.
 
@@ -204,6 +214,15 @@ class ReportGeneratorConfig(_Strict):
     # vocabulary, shrink ~50x. ``tokenizer`` keeps the whole tokenizer vocabulary.
     vocabulary: Literal["training_reports", "tokenizer"] = "training_reports"
     vocab_ids: list[int] | None = Field(None, description="tokenizer ids of the decoder's vocabulary (set by training)")
+    # --- issue 16: grounding, report length, LoRA (medmm.models.grounding / report_length / lora)
+    grounding: Literal["none", "findings"] = Field(
+        "none", description="findings: the LM also reads one prompt token per finding (decisions at inference)")
+    grounding_hide: float = Field(0.15, ge=0.0, le=1.0, description="training: share of findings shown as unknown")
+    grounding_flip: float = Field(0.03, ge=0.0, le=0.5, description="training: share of findings shown flipped")
+    length_percentile: float | None = Field(
+        None, gt=0, le=100, description="training sets max_new_tokens to this percentile of the training "
+        "reports' token lengths (and max_report_tokens to their maximum)")
+    lora: LoraConfig | None = None
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ReportGeneratorConfig:
@@ -213,6 +232,8 @@ class ReportGeneratorConfig(_Strict):
             raise ValueError("vocab_ids applies only to the from-scratch decoder with vocabulary: training_reports")
         if self.vocab_ids is not None and (not self.vocab_ids or min(self.vocab_ids) < 0):
             raise ValueError("vocab_ids must be a non-empty list of tokenizer ids (>= 0)")
+        if self.lora is not None and self.name_or_path is None:
+            raise ValueError("lora needs a pretrained LM (set name_or_path to a local causal-LM folder)")
         if self.name_or_path is not None and self.conditioning == "cross_attention":
             raise ValueError("cross_attention conditioning needs the from-scratch decoder (name_or_path: null)")
         return self

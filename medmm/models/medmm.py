@@ -57,7 +57,8 @@ class MedMM(nn.Module):
                 if self.text_encoder is not None
                 else load_tokenizer(config.text_encoder.name_or_path)
             )
-        self.report_generator = ReportGenerator(config.report_generator, self.image_encoder.embed_dim, shared_tokenizer)
+        self.report_generator = ReportGenerator(config.report_generator, self.image_encoder.embed_dim, shared_tokenizer,
+                                                n_findings=len(labels), n_image_tokens=config.image_encoder.n_tokens)
         text_dim = self.text_encoder.dim if self.text_encoder is not None else 0
         self.fusion = FusionHead(config.fusion, self.image_encoder.embed_dim, text_dim, len(labels))
 
@@ -75,9 +76,10 @@ class MedMM(nn.Module):
         """``(pooled [B, D], tokens [B, N, D])`` of a (possibly stitched) feature map."""
         return self.image_encoder.embed(fmap)
 
-    def report_loss(self, tokens: torch.Tensor, reports: Sequence[str]) -> torch.Tensor:
-        """Teacher-forced LM loss of the reference ``reports`` given the image ``tokens`` (scalar)."""
-        return self.report_generator.loss(tokens, reports)
+    def report_loss(self, tokens: torch.Tensor, reports: Sequence[str], findings: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced LM loss of the reference ``reports`` given the image ``tokens`` (and, for a
+        grounded generator, the training labels ``findings [B, L]``) (scalar)."""
+        return self.report_generator.loss(tokens, reports, findings)
 
     def generate_reports(self, tokens: torch.Tensor, **decode: object) -> list[str]:
         """Decode one report per image; ``decode`` overrides ``max_new_tokens``, ``num_beams``, ...."""

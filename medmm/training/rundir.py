@@ -202,6 +202,7 @@ def run_meta(cfg: Any, run_dir: Path, labels: list[str], eval_labels: list[str],
         "eval_labels": eval_labels,
         "thresholds": best.get("thresholds") or {label: 0.5 for label in labels},
         "threshold_rule": cfg.training.threshold_rule,
+        "calibration": best.get("calibration"),  # issue 16: medmm.models.calibration record
         "preprocessing": cfg.preprocessing.model_dump(mode="json"),
         "inferer": cfg.inferer.model_dump(mode="json"),
         "text": {"use_generated_report": cfg.training.text.use_generated_report,
@@ -274,6 +275,12 @@ def model_card(name: str, meta: Mapping[str, Any], history: list[Mapping[str, An
     lines += [f"| {label} | {_fmt(per_label.get(label))} | {_fmt(thresholds.get(label))} |"
               for label in meta.get("labels", [])]
     lines += ["", "Findings without both classes in validation show no AUROC.", ""]
+    unreliable = (meta.get("calibration") or {}).get("unreliable") or {}
+    if meta.get("calibration"):
+        lines += ["## Calibration", "- probabilities: one temperature per finding fitted on validation; thresholds "
+                  f"chosen on calibrated probabilities within {meta['calibration'].get('threshold_range')}", ""]
+        lines += ["Unreliable findings (decisions may flip on noise):", ""] if unreliable else []
+        lines += [f"- {label}: {why}" for label, why in unreliable.items()] + ([""] if unreliable else [])
     return "\n".join(lines)
 
 
