@@ -106,7 +106,8 @@ class Predictor:
         from medmm.models.report_verifier import ReportVerifier
 
         self.calibration = Calibration(self.meta.get("calibration"), self.labels)
-        self.verifier = ReportVerifier(ReportLabeler(ontology, self.labels), self.labels, self.model.report_generator)
+        self.verifier = ReportVerifier(ReportLabeler(ontology, self.labels), self.labels,
+                                       getattr(self.model, "report_generator", None))
 
     # --------------------------------------------------------------- stages
     def preprocess(self, path_or_volume: Any, series: str | None = None) -> torch.Tensor:
@@ -158,15 +159,17 @@ class Predictor:
 
     def _drafts(self, tokens: torch.Tensor) -> list[str]:
         """Reports the fusion head reads (ungrounded drafts); a grounded model's head reads none."""
-        if self.model.report_generator.grounded or not self.use_generated_report:
+        from medmm.models.report_verifier import is_grounded
+
+        if is_grounded(self.model) or not self.use_generated_report:
             return [""] * tokens.shape[0]
         return list(self.model.generate_reports(tokens))
 
     def verified_reports(self, tokens: torch.Tensor, decisions: torch.Tensor, drafts: list[str]) -> list[Any]:
         """Reports grounded on (and verified against) ``decisions`` (``medmm.models.report_verifier``)."""
-        from medmm.models.report_verifier import write_verified_reports
+        from medmm.models.report_verifier import is_grounded, write_verified_reports
 
-        grounded = self.model.report_generator.grounded or not self.use_generated_report
+        grounded = is_grounded(self.model) or not self.use_generated_report
         return write_verified_reports(self.model, tokens, decisions.bool(), self.verifier,
                                       None if grounded else drafts)
 

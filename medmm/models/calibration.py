@@ -66,6 +66,8 @@ def calibrate_and_choose(logits: np.ndarray, y: np.ndarray, labels: Sequence[str
         n_pos = int((y[known, j] == 1).sum())
         if not (0 < n_pos < int(known.sum())):
             unreliable[name] = f"validation has {'no' if n_pos == 0 else 'only'} positive scans; threshold not fitted"
+        if temps[name] >= 0.99 * np.exp(_LOG_T[1]):
+            unreliable[name] = "calibration flattened the scores (no signal on validation)"
         thr = float(chosen[name])
         if not lo <= thr <= hi:
             unreliable[name] = (f"F1-optimal threshold {thr:.3f} after calibration lies outside "

@@ -277,10 +277,14 @@ def write_verified_reports(model: Any, tokens: torch.Tensor, decisions: torch.Te
 
     ``drafts``: reports already decoded for an ungrounded model (the fusion head read them).
     """
-    generator = model.report_generator
-    states = decisions.float().to(tokens.device) if generator.grounded else None
+    states = decisions.float().to(tokens.device) if is_grounded(model) else None
     if drafts is None:
-        drafts = generator.generate(tokens, findings=states)
+        drafts = model.generate_reports(tokens) if states is None else model.generate_reports(tokens, findings=states)
     return [verifier.verify(draft, [bool(v) for v in decisions[i].tolist()], tokens[i:i + 1],
                             None if states is None else states[i:i + 1])
             for i, draft in enumerate(drafts)]
+
+
+def is_grounded(model: Any) -> bool:
+    """True when ``model``'s report generator reads the findings (``grounding: findings``)."""
+    return bool(getattr(getattr(model, "report_generator", None), "grounded", False))
