@@ -20,7 +20,9 @@ def apply_lora(lm: Any, cfg: LoraConfig) -> Any:
     from peft import get_peft_model
 
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+                              target_modules=cfg.target_modules, task_type="CAUSAL_LM",
+                              # GPT-2 keeps its projections in Conv1D (weights stored transposed)
+                              fan_in_fan_out=getattr(lm.config, "model_type", None) == "gpt2")
     return get_peft_model(lm, peft_cfg)
 
 

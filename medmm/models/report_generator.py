@@ -389,13 +389,18 @@ class ReportGenerator(nn.Module):
     def phrase_ids(self, phrases: Sequence[str]) -> list[list[int]]:
         """Token-id sequences of ``phrases`` as the LM could write them (lower/capitalised, with or
         without a leading space for byte-level BPE), for ``bad_words_ids``."""
+        cache = self.__dict__.setdefault("_phrase_cache", {})
         out: set[tuple[int, ...]] = set()
         for phrase in phrases:
-            for variant in {phrase, phrase.lower(), phrase[:1].upper() + phrase[1:]}:
-                for text in (variant, " " + variant):
-                    ids = tuple(self.encode(text))
-                    if ids and (self.to_lm_ids is None or self.can_write(text)):
-                        out.add(ids)
+            if phrase not in cache:
+                found = set()
+                for variant in {phrase, phrase.lower(), phrase[:1].upper() + phrase[1:]}:
+                    for text in (variant, " " + variant):
+                        ids = tuple(self.encode(text))
+                        if ids and (self.to_lm_ids is None or self.can_write(text)):
+                            found.add(ids)
+                cache[phrase] = found
+            out |= cache[phrase]
         return [list(ids) for ids in sorted(out)]
 
     @property

@@ -107,8 +107,10 @@ class ReportVerifier:
             without it only removal and ontology sentences are used).
     """
 
-    def __init__(self, labeler: Any, labels: Sequence[str], generator: Any = None, sentence_tokens: int = 48):
+    def __init__(self, labeler: Any, labels: Sequence[str], generator: Any = None, sentence_tokens: int = 48,
+                 mention_attempts: int = 2):
         self.labeler = labeler
+        self.mention_attempts = mention_attempts
         self.labels = list(labels)
         self.generator = generator
         self.sentence_tokens = sentence_tokens
@@ -220,9 +222,7 @@ class ReportVerifier:
         reason = f"{f} decided present but not stated"
         if can_decode:
             banned = self._banned(set(self.labels) - present)
-            for phrase in self._phrases[f]:
-                if not self.generator.can_write(phrase):
-                    continue
+            for phrase in [p for p in self._phrases[f] if self.generator.can_write(p)][:self.mention_attempts]:
                 rest = self._continue("FINDINGS: " + " ".join(findings) + " " + phrase, banned, tokens, states)
                 sentence = _capitalise(f"{phrase} {rest}".strip() if rest else "")
                 if sentence and f in self._positive(sentence) and not (self._positive(sentence) - present):
