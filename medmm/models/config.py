@@ -223,6 +223,9 @@ class ReportGeneratorConfig(_Strict):
         None, gt=0, le=100, description="training sets max_new_tokens to this percentile of the training "
         "reports' token lengths (and max_report_tokens to their maximum)")
     lora: LoraConfig | None = None
+    reports_per_batch: int | None = Field(
+        None, ge=1, description="teacher-force at most this many reports of each training batch (CPU budget for "
+        "full-length reports); None = all")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ReportGeneratorConfig:

@@ -458,7 +458,7 @@ class Trainer:
             kr = knowledge_loss(torch.sigmoid(logits), self.constraints, cfg.ontology.kr_form)
             loss = bce + cfg.ontology.kr_weight * kr
             lm = torch.zeros((), device=self.device)
-            targets = [i for i, r in enumerate(batch["report"]) if r]
+            targets = [i for i, r in enumerate(batch["report"]) if r][: cfg.network.report_generator.reports_per_batch]
             if cfg.loss.lm_weight > 0 and targets:
                 lm = model.report_loss(tokens[targets], [batch["report"][i] for i in targets],
                                        y.masked_fill(mask == 0, -1)[targets])  # grounding: visible labels only

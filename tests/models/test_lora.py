@@ -121,6 +121,6 @@ def test_lora_tiny_llama_trains_an_epoch_on_phantoms(tmp_path):
     assert meta["report_lm"]["saved"] == "adapter"
     assert meta["model"]["report_generator"]["max_new_tokens"] > 50  # whole reports, from the length percentile
     predictor = load_model(tmp_path / "run", device="cpu")
-    case = next(iter(sorted((tmp_path / "data" / "images").glob("*.nii.gz"))))
+    case = sorted(p for p in (tmp_path / "data").rglob("*.nii.gz"))[0]
     result = predictor.predict(case)
     assert result.report_check["agrees"] and result.report.startswith("FINDINGS: ")
