@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from medmm.errors import MedmmInputError
+from medmm.errors import MedmmConfigError, MedmmInputError
 from medmm.models.config import LoraConfig
 from medmm.models.pretrained import weights_sha256
 
 
 def apply_lora(lm: Any, cfg: LoraConfig) -> Any:
     """``lm`` wrapped by ``peft.get_peft_model`` (base weights frozen, LoRA matrices trainable)."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+    except ImportError:
+        raise MedmmConfigError("network.report_generator.lora", "needs the peft package: pip install 'medmm[llm]'") from None
 
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=cfg.target_modules, task_type="CAUSAL_LM",
