@@ -247,7 +247,7 @@ class ReportVerifier:
                            max_new_tokens=self.sentence_tokens, num_beams=1)[0]
         out = " ".join(out.split())
         out = re.sub(r" ([.,;:!?])", r"\1", re.sub(r"(?<=\w) - (?=\w)", "-", out))
-        return out if ends_sentence(out) and len(out) > 1 else None
+        return out if ends_sentence(out) and re.search(r"[A-Za-z]{2}", out) else None  # not a bare "2."
 
 
 def _ontology_sentence(finding: str) -> str:
