@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 THRESHOLD_RANGE = (0.05, 0.95)
-_LOG_T = (np.log(0.05), np.log(100.0))  # search interval of log T
+# search interval of log T: a perfectly separated validation set drives the fitted T to 0, so
+# sharpening is capped at 4x; flattening up to 100x (then the finding is flagged: no signal)
+_LOG_T = (np.log(0.25), np.log(100.0))
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -70,9 +72,12 @@ def calibrate_and_choose(logits: np.ndarray, y: np.ndarray, labels: Sequence[str
             unreliable[name] = "calibration flattened the scores (no signal on validation)"
         thr = float(chosen[name])
         if not lo <= thr <= hi:
-            unreliable[name] = (f"F1-optimal threshold {thr:.3f} after calibration lies outside "
-                                f"[{lo:g}, {hi:g}]; clamped")
-            thr = min(max(thr, lo), hi)
+            clamped = min(max(thr, lo), hi)
+            best, kept = _f1(y[known, j], probs[known, j], thr), _f1(y[known, j], probs[known, j], clamped)
+            if kept < best - 1e-9:  # clamping costs validation F1: the finding cannot be decided sanely
+                unreliable[name] = (f"F1-optimal threshold {thr:.3f} after calibration lies outside [{lo:g}, {hi:g}]; "
+                                    f"clamped to {clamped:g} (validation F1 {best:.2f} -> {kept:.2f})")
+            thr = clamped
         thresholds[name] = thr
     record = {
         "method": "temperature",
@@ -82,6 +87,12 @@ def calibrate_and_choose(logits: np.ndarray, y: np.ndarray, labels: Sequence[str
         "unreliable": unreliable,
     }
     return thresholds, record
+
+
+def _f1(y: np.ndarray, p: np.ndarray, threshold: float) -> float:
+    pred, true = p >= threshold, y == 1
+    tp = float((pred & true).sum())
+    return 2 * tp / max(1.0, float(pred.sum() + true.sum()))
 
 
 class Calibration:
