@@ -5,9 +5,10 @@ probabilities are degenerate (0.008, 0.994): a decision then flips on noise. Tem
 (Guo et al., ICML 2017, "On Calibration of Modern Neural Networks"), one temperature per finding,
 divides each logit by ``T_f`` fitted by minimising the validation BCE; it is monotone, so AUROC is
 unchanged, but the thresholds are then chosen on calibrated probabilities. A threshold outside
-:data:`THRESHOLD_RANGE` is clamped into it and the finding is flagged *unreliable* (in the run's
-``calibration`` record, the model card, ``result.json`` and the HTML report), as is a finding
-without both classes in validation.
+:data:`THRESHOLD_RANGE` is clamped into it; when that costs validation F1 the finding is flagged
+*unreliable* (in the run's ``calibration`` record, the model card, ``result.json`` and the HTML
+report), as is a finding without both classes in validation or whose scores calibration flattens
+(no signal). A perfectly separated finding loses nothing by the clamp and is not flagged.
 
 The record is stored under the run metadata key ``calibration``; the predictor applies it to the
 logits before anything else (sigmoid, consistency, thresholds).

@@ -50,3 +50,13 @@ def test_calibration_applies_to_logits_and_is_identity_without_a_record():
     cal = Calibration({"temperature": {"a": 2.0, "b": 4.0}, "unreliable": {"b": "why"}}, ["a", "b"])
     assert torch.allclose(cal.logits(logits), torch.tensor([[1.0, -1.0]]))
     assert cal.unreliable == {"b": "why"}
+
+
+def test_separable_finding_is_clamped_without_a_flag():
+    """Perfect separation: F1 is the same anywhere between the classes, so the clamp costs nothing."""
+    y = np.array([0.0] * 50 + [1.0] * 10)
+    logits = np.concatenate([np.full(50, -12.0), np.full(10, 14.0)])[:, None]
+    thresholds, record = calibrate_and_choose(logits, y[:, None], ["m"],
+                                              lambda yy, p, names: choose_thresholds(yy, p, names, "f1"))
+    assert 0.05 <= thresholds["m"] <= 0.95 and record["unreliable"] == {}
+    assert record["temperature"]["m"] <= 0.26  # capped sharpening
