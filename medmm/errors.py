@@ -10,6 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _one_line(value) -> str:
+    # medmm.io.text.one_line, imported lazily so that `medmm.errors` stays import-free
+    from medmm.io.text import one_line
+
+    return one_line(value)
+
+
+def _reason(reason) -> str:
+    return " ".join(_one_line(" ".join(str(reason).split())).split())
+
+
 class MedmmError(Exception):
     """Base class of every error medmm raises on purpose."""
 
@@ -19,8 +30,9 @@ class MedmmInputError(MedmmError):
 
     def __init__(self, path: str | Path | None, reason: str):
         self.path = None if path is None else str(path)
-        self.reason = " ".join(str(reason).split())  # always one line
-        super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
+        self.reason = _reason(reason)  # always one line, control characters escaped
+        shown = None if self.path is None else _one_line(self.path)  # a path may hold "\n"
+        super().__init__(f"{shown}: {self.reason}" if shown else self.reason)
 
 
 class MedmmConfigError(MedmmError):
@@ -28,5 +40,6 @@ class MedmmConfigError(MedmmError):
 
     def __init__(self, where: str | Path | None, reason: str):
         self.where = None if where is None else str(where)
-        self.reason = " ".join(str(reason).split())
-        super().__init__(f"{self.where}: {self.reason}" if self.where else self.reason)
+        self.reason = _reason(reason)
+        shown = None if self.where is None else _one_line(self.where)
+        super().__init__(f"{shown}: {self.reason}" if shown else self.reason)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
+import tempfile
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `medmm demo` / `medmm train --default` register a default model: never in the user's own config
+os.environ["MEDMM_HOME"] = tempfile.mkdtemp(prefix="medmm_home_")
+os.environ.pop("MEDMM_MODEL", None)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,16 +34,3 @@ def _torch_threads():
 
     torch.set_num_threads(1)
     yield
-
-
-@pytest.fixture
-def load_benchmark():
-    """Import a ``benchmarks/<name>.py`` script as a module (they are scripts, not a package)."""
-
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load

@@ -23,7 +23,15 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_shipped_workflows_validate(name):
     cfg = load_workflow(ROOT / "workflows" / name)
     assert isinstance(cfg, WorkflowConfig)
-    assert cfg.inferer.roi_size is not None
+    assert cfg.resolved_inferer.roi_size == (cfg.inferer.roi_size or cfg.preprocessing.roi_size)
+
+
+def test_validation_writes_nothing_back():
+    raw = {"preprocessing": {"roi_size": [16, 16, 16]}, "network": {"radiomics": {"intensity_hu": [-1000, 0, 1000]}}}
+    cfg = load_workflow(raw)
+    assert cfg.inferer.roi_size is None and cfg.resolved_inferer.roi_size == (16, 16, 16)
+    assert load_workflow(cfg).model_dump() == cfg.model_dump()
+    assert cfg.network.radiomics.intensity_hu == [-1000, 0, 1000]  # HU stay HU; input units are derived
 
 
 @pytest.mark.parametrize(
@@ -42,6 +50,21 @@ def test_shipped_workflows_validate(name):
         (MINIMAL, ["training.epochs"], "must look like section.key=value"),
         (MINIMAL, ["preprocessing.roi_size.x=1"], "is a value, not a section"),
         (MINIMAL, ["training.label_fraction=0"], "training.label_fraction"),
+        (MINIMAL, ["optimizer.lr=.nan"], "optimizer.lr: Input should be a finite number"),
+        (MINIMAL, ["optimizer.lr=11"], "optimizer.lr: Input should be less than or equal to 10"),
+        (MINIMAL, ["preprocessing.hu_window=[1000, -1000]"], "hu_window must be increasing"),
+        (MINIMAL, ["preprocessing.hu_window=[-1000, .inf]"], "preprocessing.hu_window.1"),
+        (MINIMAL, ["preprocessing.spacing=[0.01, 1, 1]"], "preprocessing.spacing.0"),
+        (MINIMAL, ["preprocessing.spacing=[1, 1, 25]"], "preprocessing.spacing.2"),
+        (MINIMAL, ["preprocessing.roi_size=[4, 16, 16]"], "preprocessing.roi_size.0"),
+        (MINIMAL, ["inferer.overlap=0.95"], "inferer.overlap"),
+        (MINIMAL, ["training.batch_size=5000"], "training.batch_size"),
+        (MINIMAL, ["network.image_encoder.embed_dim=100000"], "network.image_encoder.embed_dim"),
+        (MINIMAL, ["data.synthetic.n=200000"], "data.synthetic.n"),
+        (MINIMAL, ["output.run_root=../../elsewhere"], "output.run_root: Value error, path '../../elsewhere' may not contain '..'"),
+        (MINIMAL, ["output.run_root=/etc/medmm"], "inside the system folder /etc"),
+        (MINIMAL, ["training.cache_dir=/usr/lib/cache"], "training.cache_dir"),
+        (MINIMAL, ["preprocessing.orientation=RRS"], "orientation must be a 3-letter axis code"),
     ],
 )
 def test_bad_workflows_name_file_and_key(tmp_path, text, overrides, expected):
@@ -82,7 +105,7 @@ def test_overrides_apply_and_validate():
     cfg = load_workflow({"preprocessing": {"roi_size": [8, 8, 8]}},
                         ["training.epochs=2", "loss.pos_weight=auto", "training.adversarial.method=pgd"])
     assert (cfg.training.epochs, cfg.loss.pos_weight, cfg.training.adversarial.method) == (2, "auto", "pgd")
-    assert cfg.inferer.roi_size == (8, 8, 8)  # defaults to the training roi
+    assert cfg.resolved_inferer.roi_size == (8, 8, 8)  # defaults to the training roi
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -21,7 +21,28 @@ SUBCOMMANDS = {
     "infer": ("medmm.cli.infer", "infer", "Diagnose a scan (or a batch) with a trained model."),
     "evaluate": ("medmm.cli.evaluate", "evaluate", "Evaluate a trained model on a manifest."),
     "demo": ("medmm.cli.demo", "demo", "Synthetic data -> train -> infer, end to end."),
+    "labeler": ("medmm.cli.labeler", "labeler", "Train a learned report labeler from labelled reports."),
+    "serve": ("medmm.cli.serve", "serve", "Serve a model over HTTP and DICOM (needs medmm[serve])."),
 }
+
+
+def path_value(ctx: click.Context | None, param: click.Parameter | None, value):
+    """Click callback for path arguments/options: refuse an empty or blank path.
+
+    ``Path("")`` is ``Path(".")``, so an empty argument (e.g. an unset shell variable) would
+    silently mean "the current folder"; it is a user error instead (exit 2).
+    """
+    from pathlib import Path
+
+    if value is None or isinstance(value, tuple):
+        return value
+    if not str(value).strip():
+        name = param.opts[0] if param is not None and param.opts and param.opts[0].startswith("-") else (
+            (param.name or "path").upper() if param is not None else "PATH")
+        from medmm.errors import MedmmInputError
+
+        raise MedmmInputError(None, f"{name}: empty path given; name a file or folder")
+    return Path(value)
 
 
 class LazyGroup(click.Group):
@@ -48,18 +69,36 @@ def cli() -> None:
     """medmm: chest-CT diagnosis with a report, an ontology and the evidence for both."""
 
 
+def _error(message: str, code: int) -> None:
+    from medmm.io.text import one_line
+
+    click.echo(f"error: {one_line(' '.join(str(message).split()))}", err=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the CLI, turning medmm errors into one line on stderr + exit 2."""
+    """Console entry point: run the CLI, turning user errors into one line on stderr + exit 2.
+
+    Every line printed here goes through :func:`medmm.io.text.one_line`: a value typed by the user
+    (a path with a newline, an option value) cannot forge a second ``error:`` line.
+    """
+    from medmm.io.capture import library_warnings_deidentified
+
     try:
-        cli.main(args=argv, prog_name="medmm", standalone_mode=False)
+        with library_warnings_deidentified():
+            cli.main(args=argv, prog_name="medmm", standalone_mode=False)
     except MedmmError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        _error(str(err), 2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as err:
+        if err.ctx is not None:
+            click.echo(err.ctx.get_usage(), err=True)
+        _error(err.format_message(), err.exit_code)
     except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
+        _error(err.format_message(), err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except MemoryError:  # a hostile header got past the size checks: still one line, not a traceback
+        _error("not enough memory for this input (is its declared size plausible?)", 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -95,3 +97,24 @@ def check(path: str, no_files: bool) -> None:
     if overlap:
         raise MedmmInputError(path, f"{len(overlap)} patient(s) have scans in more than one split (patient-level leakage)")
     click.echo("ok: no patient appears in more than one split")
+
+
+@data.command("label")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="CSV with one report per row.")
+@click.option("--text-column", default="report", show_default=True, help="Column holding the report text.")
+@click.option("--labeler", "labeler_spec", default="rules", show_default=True,
+              help="'rules' (the ontology rule labeler) or a folder written by 'medmm labeler train'.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="CSV to write (input columns + one 0/1 column per finding).")
+def label(data_path: Path, text_column: str, labeler_spec: str, out: Path) -> None:
+    """Label reports: add one 0/1 column per finding (uncertain mentions count as 1, as in CT-RATE)."""
+    from medmm.data.report_table import read_report_table, write_labelled_table
+    from medmm.models.report_labeler import load_labeler
+
+    table = read_report_table(data_path, text_column)
+    labeler = load_labeler(labeler_spec)
+    many = getattr(labeler, "label_many", None)
+    rows = many(table.texts) if many is not None else [labeler(text) for text in table.texts]
+    write_labelled_table(table, rows, labeler.labels, out)
+    counts = ", ".join(f"{lab} {sum(r[lab] == 1 for r in rows)}" for lab in labeler.labels)
+    click.echo(f"labelled {len(rows)} reports with {labeler_spec}: {counts}")
+    click.echo(f"wrote {out}")

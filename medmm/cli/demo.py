@@ -102,6 +102,9 @@ def demo(out: Path, device: str | None, retrain: bool, overrides: tuple[str, ...
     # the scanner-style input: the case's DICOM series (with a fake patient name that must not leak)
     dicom_dir = write_case_dicom(out / "heldout", case.case_id, n=syn.n, seed=syn.seed, size=syn.size)
     click.echo(f"[3/3] medmm infer on held-out test case {case.case_id} (DICOM series, never seen in training)")
+    from medmm.inference.default_model import register_default
+
+    register_default(run_dir)
     predictor = load_model(run_dir, device=device)
     result = predictor.predict(dicom_dir, indication=case.indication)
     target = out / "infer" / case.case_id
@@ -122,3 +125,4 @@ def demo(out: Path, device: str | None, retrain: bool, overrides: tuple[str, ...
     for kind, path in written.items():
         click.echo(f"{kind}: {path}")
     click.echo(f"\nOpen {written['html']} in a browser. Demo took {time.perf_counter() - start:.0f} s.")
+    click.echo(f"`medmm infer SCAN` now uses this model by default ({run_dir}).")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from medmm.cli import path_value
+
 
 def _eps_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
     try:
@@ -18,12 +20,12 @@ def _eps_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[f
 
 
 @click.command("evaluate")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--data", "manifest", required=True, type=click.Path(path_type=Path),
+@click.argument("run_dir", type=click.Path(), callback=path_value)
+@click.option("--data", "manifest", required=True, type=click.Path(), callback=path_value,
               help="Manifest (CSV/JSONL) with image paths, labels or reports, and a split column.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train", "all"]),
               help="Rows to evaluate; 'all' for external sets without a split column.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=click.Path(), callback=path_value, default=None,
               help="Output folder [default: ./medmm_eval/<run name>].")
 @click.option("--attack", "attacks", type=click.Choice(["fgsm", "pgd"]), multiple=True,
               help="Add an adversarial robustness sweep (repeat for both: --attack fgsm --attack pgd).")

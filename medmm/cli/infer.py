@@ -1,4 +1,4 @@
-"""``medmm infer PATH --model RUN_DIR``: diagnose one scan, a folder of scans or a manifest.
+"""``medmm infer PATH [--model RUN_DIR]``: diagnose one scan, a folder of scans or a manifest.
 
 Thin layer over :mod:`medmm.inference`: heavy imports happen inside the command.
 """
@@ -9,11 +9,15 @@ from pathlib import Path
 
 import click
 
+from medmm.cli import path_value
+
 
 @click.command("infer")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--model", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory from `medmm train`.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+@click.argument("path", type=click.Path(), callback=path_value)
+@click.option("--model", "run_dir", default=None, type=click.Path(), callback=path_value,
+              help="Run directory from `medmm train` (default: $MEDMM_MODEL, else the one `medmm demo` or "
+                   "`medmm train --default` registered).")
+@click.option("--out", "out", type=click.Path(), callback=path_value, default=None,
               help="Output folder (default ./medmm_out/<scan name>; in batch mode ./medmm_out/).")
 @click.option("--series", default=None, help="DICOM series UID (or unique suffix) when a folder holds several.")
 @click.option("--indication", default=None, help="Clinical indication given to the model with the generated report.")
@@ -24,10 +28,12 @@ import click
 @click.option("--keep-phi", is_flag=True, help="Copy patient/study identity into the DICOM SR (default: de-identified).")
 @click.option("--no-html", is_flag=True, help="Skip report.html.")
 @click.option("--allow-ontology-mismatch", is_flag=True, help="Run even if the ontology changed since training.")
+@click.option("--force", is_flag=True,
+              help="Diagnose even an input the plausibility gate refuses (not a chest CT); its reasons become warnings.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar / findings table.")
 def infer(
     path: Path,
-    run_dir: Path,
+    run_dir: Path | None,
     out: Path | None,
     series: str | None,
     indication: str | None,
@@ -38,37 +44,47 @@ def infer(
     keep_phi: bool,
     no_html: bool,
     allow_ontology_mismatch: bool,
+    force: bool,
     quiet: bool,
 ) -> None:
     """Diagnose PATH (DICOM file/folder/zip, NIfTI, a folder of scans, or a CSV/JSONL manifest)."""
     from medmm.errors import MedmmInputError
     from medmm.inference import load_model
     from medmm.inference.batch import discover_jobs, is_batch_input, run_batch
-    from medmm.inference.writers import check_out_dir, default_out_dir, write_outputs
+    from medmm.inference.default_model import output_source, resolve_model
+    from medmm.inference.writers import default_out_dir
+    from medmm.inference.writers.files import write_into
+    from medmm.inference.writers.outfolder import OutputFolder
+    from medmm.io.text import one_line
 
     if not path.exists():
         raise MedmmInputError(path, "does not exist")
     batch = is_batch_input(path)
     if batch and series:
         raise MedmmInputError(path, "--series applies to a single scan, not to a batch")
-    # validate the output location before spending time on the model
-    out_dir = out if out is not None else (Path.cwd() / "medmm_out" if batch else default_out_dir(path))
-    check_out_dir(out_dir, path)
-    predictor = load_model(run_dir, device=device, checkpoint=checkpoint, allow_ontology_mismatch=allow_ontology_mismatch)
+    echo_err = lambda m: click.echo(one_line(m), err=True)  # noqa: E731
+    run_dir, origin = resolve_model(run_dir)
+    if origin:
+        echo_err(origin)
+    # the output folder is checked, locked and cleaned before time is spent on the model
+    out_dir = out if out is not None else (Path.cwd() / "medmm_out" if batch else default_out_dir(output_source(path)))
     options = {"html": not no_html, "dicom_sr": dicom_sr, "fhir": fhir, "keep_phi": keep_phi}
-
-    if batch:
-        jobs = discover_jobs(path)
-        summary = run_batch(predictor, jobs, out_dir, options, progress=not quiet, echo=lambda m: click.echo(m, err=True))
-        for line in summary.lines():
-            click.echo(line)
-        click.echo(f"outputs: {out_dir}")
-        return
-
-    result = predictor.predict(path, indication=indication, series=series)
-    written = write_outputs(result, out_dir, input_path=path, **options)
+    with OutputFolder(out_dir, path, dicom_sr=dicom_sr and not batch, batch=batch, on_wait=echo_err) as folder:
+        predictor = load_model(run_dir, device=device, checkpoint=checkpoint,
+                               allow_ontology_mismatch=allow_ontology_mismatch)
+        if batch:
+            jobs = discover_jobs(path)
+            summary = run_batch(predictor, jobs, out_dir, options, progress=not quiet, echo=echo_err, force=force)
+            for line in summary.lines():
+                click.echo(line)
+            click.echo(f"outputs: {one_line(out_dir)}")
+            return
+        result = predictor.predict(path, indication=indication, series=series, force=force)
+        for warning in getattr(result, "warnings", None) or []:
+            echo_err(f"warning: {warning}")
+        written = write_into(folder, result, **options)
     if not quiet:
         click.echo(result.summary())
         click.echo("")
     for kind, file in written.items():
-        click.echo(f"{kind}: {file}")
+        click.echo(f"{kind}: {one_line(file)}")

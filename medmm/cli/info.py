@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import click
 
+from medmm.cli import path_value
+
 
 @click.command("info")
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("path", type=click.Path(), callback=path_value)
 @click.option("--series", "series", default=None, metavar="UID",
               help="SeriesInstanceUID or a unique suffix of it, when the input holds several series.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
@@ -20,12 +22,10 @@ def info(path: str, series: str | None, as_json: bool) -> None:
     import json
     from pathlib import Path
 
-    from medmm.io import list_series, load_volume
-    from medmm.io.nifti import is_nifti_path
+    from medmm.io.loader import inspect_input
 
     p = Path(path)
-    listing = [] if (p.is_file() and is_nifti_path(p)) or not p.exists() else list_series(p)
-    vol = load_volume(p, series=series)
+    listing, vol = inspect_input(p, series=series)  # one pass: a zip is extracted once
     lo, hi = vol.hu_range()
     summary = {
         "path": str(p),

@@ -14,8 +14,9 @@ import click
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last saved state.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch table.")
+@click.option("--default", "make_default", is_flag=True, help="Make this run the model `medmm infer` uses without --model.")
 def train(workflow: str | None, overrides: tuple[str, ...], run_dir: str | None, resume: bool,
-          device: str | None, quiet: bool) -> None:
+          device: str | None, quiet: bool, make_default: bool) -> None:
     """Train on the data named in WORKFLOW and write a run directory.
 
     WORKFLOW may be omitted with --resume (the run's own workflow.yaml is used).
@@ -31,3 +32,8 @@ def train(workflow: str | None, overrides: tuple[str, ...], run_dir: str | None,
     best_text = "n/a" if best is None else f"{best:.3f}"
     click.echo(f"run: {run.run_dir}  best epoch {run.best.get('epoch')}  val macro AUROC {best_text}"
                + ("  (stopped early)" if run.stopped_early else ""))
+    if make_default:
+        from medmm.inference.default_model import register_default
+
+        register_default(run.run_dir)
+        click.echo(f"`medmm infer SCAN` now uses this model by default ({run.run_dir})")

@@ -22,7 +22,6 @@ _LAZY = {
     "ensure_synthetic": "medmm.data.synth",
     "render_case": "medmm.data.synth",
     "write_case_dicom": "medmm.data.synth",
-    "finding_map": "medmm.data.synth",
     "RENDERED_FINDINGS": "medmm.data.synth",
     "UNRENDERED_FINDINGS": "medmm.data.synth",
 }

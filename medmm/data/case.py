@@ -17,7 +17,7 @@ class Case:
     """One chest-CT scan and everything known about it.
 
     Attributes:
-        case_id: unique id of the scan (e.g. ``"P0007_1"``).
+        case_id: unique id of the scan (e.g. ``"P0007-s0_1"``).
         patient_id: pseudonymous patient id; splits are made per patient, never per scan.
         image: path of the volume (NIfTI file or DICOM folder/file), absolute once read from a manifest.
         report: free-text radiology report (FINDINGS + IMPRESSION) or None.
@@ -26,7 +26,7 @@ class Case:
         split: ``"train"``, ``"val"``, ``"test"`` or None (not assigned).
         meta: further manifest columns, kept as strings (e.g. ``image_dicom``).
 
-    >>> c = Case("P0001_1", "P0001", "images/P0001_1.nii.gz", labels={"Emphysema": 1})
+    >>> c = Case("P0001-s0_1", "P0001-s0", "images/P0001-s0_1.nii.gz", labels={"Emphysema": 1})
     >>> c.positives()
     ['Emphysema']
     """

@@ -21,14 +21,13 @@ from typing import Any, Literal
 import torch
 from monai.transforms import MapTransform
 
+from medmm.data.case import SPLITS
 from medmm.data.transforms import (
     PreprocessingConfig,
     augmentation_transforms,
     deterministic_transforms,
     volume_to_metatensor,
 )
-
-SPLIT_NAMES = ("train", "val", "test")
 
 
 class LoadVolumed(MapTransform):
@@ -83,14 +82,14 @@ def split_cases(cases: Sequence[Any], val_fraction: float = 0.2, test_fraction: 
     """
     from medmm.data.splits import split_patients
 
-    assigned = {c.patient_id: c.split for c in cases if c.split in SPLIT_NAMES}
-    free = {c.patient_id for c in cases if c.split not in SPLIT_NAMES} - set(assigned)
+    assigned = {c.patient_id: c.split for c in cases if c.split in SPLITS}
+    free = {c.patient_id for c in cases if c.split not in SPLITS} - set(assigned)
     if free:
         fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
         assigned.update(split_patients(free, fractions, seed))
-    out: dict[str, list[Any]] = {name: [] for name in SPLIT_NAMES}
+    out: dict[str, list[Any]] = {name: [] for name in SPLITS}
     for case in cases:
-        out[case.split if case.split in SPLIT_NAMES else assigned[case.patient_id]].append(case)
+        out[case.split if case.split in SPLITS else assigned[case.patient_id]].append(case)
     return out
 
 

@@ -13,118 +13,20 @@ interest, then (training only) seeded random augmentation.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from medmm.config.preprocessing import (  # noqa: F401  (re-exported: the pipelines' settings)
+    AugmentationConfig,
+    PreprocessingConfig,
+    hu_to_intensity,
+    hu_to_intensity_eps,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from monai.transforms import Compose
-
     from medmm.io import Volume
-
-Triple = tuple[float, float, float]
-IntTriple = tuple[int, int, int]
-
-
-class AugmentationConfig(BaseModel):
-    """Random augmentation applied to training images only (each probability 0 disables it).
-
-    Rotations are in degrees, scale as a fraction (0.1 = ±10 %), noise standard deviation in HU
-    (converted to normalised intensity units with the window), so values read the same whatever
-    intensity range is used.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    flip_prob: float = Field(0.0, ge=0, le=1, description="per-axis left/right etc. flip probability")
-    flip_axes: list[int] = Field(default_factory=lambda: [0], description="spatial axes that may flip")
-    affine_prob: float = Field(0.0, ge=0, le=1)
-    rotate_deg: float = Field(10.0, ge=0)
-    scale: float = Field(0.1, ge=0, lt=1)
-    translate_vox: float = Field(0.0, ge=0)
-    noise_prob: float = Field(0.0, ge=0, le=1)
-    noise_std_hu: float = Field(10.0, ge=0)
-
-    @property
-    def enabled(self) -> bool:
-        """True when at least one augmentation has non-zero probability."""
-        return (self.flip_prob > 0 and bool(self.flip_axes)) or self.affine_prob > 0 or self.noise_prob > 0
-
-
-class PreprocessingConfig(BaseModel):
-    """How a CT volume becomes a network input (stored in every run's ``medmm.json``).
-
-    Args:
-        orientation: target axis code (MONAI ``Orientationd``); RAS matches ``Volume.affine``.
-        spacing: target voxel size in mm, or None to keep the native spacing.
-        interpolation: resampling mode for ``Spacingd``.
-        hu_window: HU range ``(a_min, a_max)`` kept; values outside are clipped when ``clip``.
-        intensity_range: output range ``(b_min, b_max)`` of the window, e.g. (0, 1) or (-1, 1).
-        crop_foreground: crop to the bounding box of voxels above ``foreground_hu`` (the body).
-        roi_size: spatial size of training inputs (and of sliding-window tiles at inference).
-        fit: how an image is brought to ``roi_size``: ``pad_crop`` (centre pad/crop, keeps the
-            spacing) or ``resize`` (interpolate, changes the effective spacing).
-        fit_at_inference: also fit to ``roi_size`` in `preprocess_volume`; otherwise inference
-            sees the whole resampled volume and slides a window over it.
-        augmentation: training-time random augmentation.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    orientation: str = "RAS"
-    spacing: Triple | None = (1.5, 1.5, 1.5)
-    interpolation: Literal["bilinear", "nearest"] = "bilinear"
-    hu_window: tuple[float, float] = (-1000.0, 1000.0)
-    intensity_range: tuple[float, float] = (0.0, 1.0)
-    clip: bool = True
-    crop_foreground: bool = False
-    foreground_hu: float = -500.0
-    foreground_margin: int = Field(0, ge=0)
-    roi_size: IntTriple | None = None
-    fit: Literal["pad_crop", "resize"] = "pad_crop"
-    fit_at_inference: bool = False
-    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
-
-    @model_validator(mode="after")
-    def _check(self) -> PreprocessingConfig:
-        if self.hu_window[1] <= self.hu_window[0]:
-            raise ValueError(f"hu_window must be increasing, got {list(self.hu_window)}")
-        if self.intensity_range[1] <= self.intensity_range[0]:
-            raise ValueError(f"intensity_range must be increasing, got {list(self.intensity_range)}")
-        if self.spacing is not None and min(self.spacing) <= 0:
-            raise ValueError(f"spacing must be positive, got {list(self.spacing)}")
-        if self.roi_size is not None and min(self.roi_size) <= 0:
-            raise ValueError(f"roi_size must be positive, got {list(self.roi_size)}")
-        if len(self.orientation) != 3:
-            raise ValueError(f"orientation must be a 3-letter axis code such as 'RAS', got {self.orientation!r}")
-        return self
-
-
-def hu_to_intensity(hu: float, cfg: PreprocessingConfig) -> float:
-    """Map an HU value to the normalised intensity the network sees (before clipping)."""
-    (a_min, a_max), (b_min, b_max) = cfg.hu_window, cfg.intensity_range
-    return b_min + (hu - a_min) * (b_max - b_min) / (a_max - a_min)
-
-
-def hu_to_intensity_eps(eps_hu: float, cfg: PreprocessingConfig) -> float:
-    """Convert a perturbation size in HU into normalised intensity units.
-
-    The window is linear, so an ε of ``eps_hu`` HU is ``eps_hu * (b_max - b_min) / (a_max - a_min)``
-    in network units (clipping at the window edges can only make a perturbation smaller).
-
-    Args:
-        eps_hu: perturbation bound in Hounsfield units (>= 0).
-        cfg: the preprocessing whose window defines the scale.
-
-    Returns:
-        The same bound in normalised units.
-    """
-    if eps_hu < 0:
-        raise ValueError(f"eps_hu must be >= 0, got {eps_hu}")
-    (a_min, a_max), (b_min, b_max) = cfg.hu_window, cfg.intensity_range
-    return float(eps_hu) * (b_max - b_min) / (a_max - a_min)
 
 
 def _foreground_selector(threshold: float):
@@ -142,19 +44,6 @@ class _Above:
         return x > self.threshold
 
 
-class _ToMetaTensord:
-    """Turn a `Volume` under ``key`` into a MetaTensor (MetaTensors pass through)."""
-
-    def __init__(self, key: str):
-        self.key = key
-
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        value = data[self.key]
-        if hasattr(value, "array") and hasattr(value, "affine"):
-            data = {**data, self.key: volume_to_metatensor(value)}
-        return data
-
-
 def volume_to_metatensor(volume: Volume) -> torch.Tensor:
     """A channel-first ``MetaTensor [1, X, Y, Z]`` carrying the volume's RAS affine."""
     from monai.data import MetaTensor
@@ -164,7 +53,8 @@ def volume_to_metatensor(volume: Volume) -> torch.Tensor:
                       meta={"space": "RAS"})
 
 
-def deterministic_transforms(cfg: PreprocessingConfig, fit_roi: bool, keys: str = "image") -> list:
+def deterministic_transforms(cfg: PreprocessingConfig, fit_roi: bool, keys: str = "image",
+                             track_meta: bool = False) -> list:
     """The deterministic part of the pipeline (cacheable): orient, resample, window, crop, fit.
 
     Items must already hold a MetaTensor with its affine (`volume_to_metatensor`, or
@@ -174,6 +64,8 @@ def deterministic_transforms(cfg: PreprocessingConfig, fit_roi: bool, keys: str 
         cfg: preprocessing settings.
         fit_roi: bring images to ``cfg.roi_size`` (training batches need one size).
         keys: the image key.
+        track_meta: keep the output a MetaTensor whose affine follows every step (inference);
+            training batches drop it (plain tensors collate and cache faster).
     """
     from monai.transforms import (
         CropForegroundd,
@@ -198,7 +90,7 @@ def deterministic_transforms(cfg: PreprocessingConfig, fit_roi: bool, keys: str 
             steps.append(Resized(keys=keys, spatial_size=cfg.roi_size, mode="trilinear"))
         else:
             steps.append(ResizeWithPadOrCropd(keys=keys, spatial_size=cfg.roi_size, constant_values=b_min))
-    steps.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False))
+    steps.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=track_meta))
     return steps
 
 
@@ -221,28 +113,6 @@ def augmentation_transforms(cfg: PreprocessingConfig, keys: str = "image") -> li
     return steps
 
 
-def build_transforms(cfg: PreprocessingConfig, train: bool, seed: int = 0, keys: str = "image") -> Compose:
-    """Full pipeline for dataset items ``{"image": Volume | MetaTensor, ...}`` (no file loading).
-
-    Args:
-        cfg: preprocessing settings.
-        train: add the random augmentations (only when the config enables any).
-        seed: seeds the random transforms (``Compose.set_random_state``).
-        keys: the image key.
-
-    Returns:
-        A MONAI ``Compose``; ``CacheDataset`` caches everything before the first random transform.
-    """
-    from monai.transforms import Compose
-
-    steps = [_ToMetaTensord(keys)] + deterministic_transforms(cfg, fit_roi=True, keys=keys)
-    if train and cfg.augmentation.enabled:
-        steps += augmentation_transforms(cfg, keys=keys)
-    compose = Compose(steps)
-    compose.set_random_state(seed=seed)
-    return compose
-
-
 def preprocess_volume(volume: Volume, cfg: PreprocessingConfig) -> torch.Tensor:
     """The exact inference-time preprocessing of one volume.
 
@@ -252,14 +122,23 @@ def preprocess_volume(volume: Volume, cfg: PreprocessingConfig) -> torch.Tensor:
 
     Args:
         volume: a `medmm.io.Volume` (HU, RAS affine).
-        cfg: the run's preprocessing (``PreprocessingConfig`` or its dict from ``medmm.json``).
+        cfg: the run's preprocessing (``PreprocessingConfig`` or its dict).
 
     Returns:
-        float32 tensor ``[1, X, Y, Z]`` in normalised intensity units.
+        float32 ``MetaTensor [1, X, Y, Z]`` in normalised intensity units whose ``affine`` maps
+        its voxels to the input's RAS world coordinates (MONAI updates it through reorientation,
+        resampling, cropping and padding), so outputs on this grid can be placed in the input.
     """
     from monai.transforms import Compose
 
     cfg = cfg if isinstance(cfg, PreprocessingConfig) else PreprocessingConfig.model_validate(cfg)
-    pipeline = Compose(deterministic_transforms(cfg, fit_roi=cfg.fit_at_inference))
-    out = pipeline({"image": volume_to_metatensor(volume)})["image"]
-    return torch.as_tensor(out, dtype=torch.float32).contiguous()
+    pipeline = Compose(deterministic_transforms(cfg, fit_roi=cfg.fit_at_inference, track_meta=True))
+    return pipeline({"image": volume_to_metatensor(volume)})["image"].contiguous()
+
+
+def grid_affine(image: torch.Tensor) -> np.ndarray:
+    """The voxel → RAS world affine of a preprocessed `MetaTensor` (float64 4 x 4)."""
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        raise ValueError("the image carries no affine: preprocess it with preprocess_volume (a MetaTensor)")
+    return np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine, dtype=np.float64)

@@ -126,6 +126,11 @@ def terminal_table(metrics: dict[str, Any]) -> str:
             f"reports {rep['n_reports']} | BLEU-4 {f(rep['bleu4'])} | ROUGE-L {f(rep['rouge_l'])} | "
             f"{meteor_key} {f(rep[meteor_key])} | clinical-efficacy F1 (micro) {f(ce_f1)}"
         )
+    if rep.get("n_generated"):
+        lines.append(
+            f"generated reports {rep['n_generated']} | agreement with decisions {f(rep.get('agreement'))} | "
+            f"truncated {f(rep['truncated'])} | distinct-4 {f(rep['distinct_4'])} | mean tokens {rep['mean_tokens']:.1f}"
+        )
     if metrics.get("robustness"):
         from medmm.evaluation.robustness import format_table
 

@@ -13,13 +13,14 @@ report-generation metrics → optional FGSM/PGD sweep → files in ``out``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from medmm.data.case import SPLITS as CASE_SPLITS
 from medmm.errors import MedmmConfigError, MedmmInputError
 from medmm.evaluation.calibration import DEFAULT_BINS, calibration_metrics
 from medmm.evaluation.metrics import classification_metrics, resolve_thresholds
@@ -27,52 +28,35 @@ from medmm.evaluation.robustness import DEFAULT_EPS_HU, AttackSpec, robustness_s
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("test", "val", "train", "all")
+SPLITS = (*CASE_SPLITS, "all")
 
 
-def _identity(patient_id: str) -> str:
-    return patient_id
-
-
-def training_patient_keys(meta: dict[str, Any], run_dir: str | Path) -> tuple[set[str], Callable[[str], str]]:
-    """Keys of the run's training patients in ``medmm.json`` and how to key a manifest patient id.
-
-    Training stores pseudonymous hashes (``data.patient_id_sha256.train``, see
-    :func:`medmm.training.rundir.hash_patient_id`); plain ids (``data.patient_ids.train``,
-    ``splits.train``, ``training_patient_ids``) are accepted for runs from other tools.
+def training_patient_keys(meta: Any, run_dir: str | Path) -> set[str]:
+    """Pseudonymous keys of the run's training patients (`RunMeta.data`, see
+    :func:`medmm.models.run_meta.hash_patient_id`).
 
     Raises:
         MedmmConfigError: the run stores no training patient ids, so leakage cannot be ruled out.
     """
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    hashed = data.get("patient_id_sha256")
-    if isinstance(hashed, dict) and hashed.get("train") is not None:
-        from medmm.training.rundir import hash_patient_id
-
-        return {str(h) for h in hashed["train"]}, hash_patient_id
-    plain = [
-        (data.get("patient_ids") or {}).get("train") if isinstance(data.get("patient_ids"), dict) else None,
-        (meta.get("splits") or {}).get("train") if isinstance(meta.get("splits"), dict) else None,
-        meta.get("training_patient_ids"),
-    ]
-    for ids in plain:
-        if ids is not None:
-            return {str(i) for i in ids}, _identity
-    raise MedmmConfigError(
-        Path(run_dir) / "medmm.json",
-        "stores no training patient ids (data.patient_id_sha256.train), so evaluation cannot rule out "
-        "train/test leakage; re-train with this medmm",
-    )
+    train = None if meta.data is None else meta.data.patient_id_sha256.get("train")
+    if train is None:
+        raise MedmmConfigError(
+            Path(run_dir) / "medmm.json",
+            "stores no training patient ids (data.patient_id_sha256.train), so evaluation cannot rule out "
+            "train/test leakage; re-train with this medmm",
+        )
+    return set(train)
 
 
-def check_no_leakage(cases: Sequence[Any], train_keys: set[str], manifest: str | Path,
-                     key: Callable[[str], str] = _identity) -> None:
+def check_no_leakage(cases: Sequence[Any], train_keys: set[str], manifest: str | Path) -> None:
     """Refuse when any evaluated scan belongs to a training patient (ids are never printed).
 
     Raises:
         MedmmInputError: names how many scans/patients overlap, not which.
     """
-    leaked = [c for c in cases if key(str(c.patient_id)) in train_keys]
+    from medmm.models.run_meta import hash_patient_id
+
+    leaked = [c for c in cases if hash_patient_id(str(c.patient_id)) in train_keys]
     if leaked:
         n_pat = len({str(c.patient_id) for c in leaked})
         raise MedmmInputError(
@@ -198,8 +182,7 @@ def evaluate(
     labels = list(predictor.labels)
     labeler = ReportLabeler(predictor.ontology, labels)
     cases = select_split(read_manifest(manifest, labels=labels, labeler=labeler), split, manifest)
-    train_keys, key = training_patient_keys(predictor.meta, run_dir)
-    check_no_leakage(cases, train_keys, manifest, key)
+    check_no_leakage(cases, training_patient_keys(predictor.meta, run_dir), manifest)
     y = label_matrix(cases, labels)
     if (y == -1).all():
         raise MedmmInputError(manifest, "no labels for the selected rows (no label columns and no reports)")
@@ -217,7 +200,8 @@ def evaluate(
     from medmm.evaluation.text_metrics import report_metrics
 
     refs = [c.report or "" for c in cases]
-    reports = report_metrics(pred["reports"], refs, labeler=labeler)
+    reports = report_metrics(pred["reports"], refs, labeler=labeler,
+                             decisions=predictor.decide(torch.as_tensor(pred["consistent"])).numpy())
 
     robustness = None
     if specs:
@@ -296,7 +280,7 @@ def _protocol(split, n_bootstrap, seed, n_bins, specs, reports) -> dict[str, str
         attacks = ", ".join(f"{s.method.upper()} (steps={s.steps if s.method == 'pgd' else 1})" for s in specs)
         proto["robustness"] = (
             f"{attacks} via "
-            "medmm.training.adversarial.perturb on the preprocessed image, L-inf eps in HU converted by "
+            "medmm.models.adversarial.perturb on the preprocessed image, L-inf eps in HU converted by "
             "hu_to_intensity_eps; text fixed to the clean generated report; raw probabilities at stored thresholds"
         )
     return proto

@@ -3,7 +3,7 @@
 Protocol: each scan is preprocessed exactly as at inference; the attack perturbs that
 preprocessed image inside an L-infinity ball whose radius is the HU budget converted to
 normalised intensity (``medmm.data.transforms.hu_to_intensity_eps``), using the training
-module's :func:`medmm.training.adversarial.perturb` on the loss
+module's :func:`medmm.models.adversarial.perturb` on the loss
 BCE(logits(x_adv), labels) over the scan's known labels. The fusion-head text is held fixed at
 the clean scan's generated report (+ indication): report decoding is discrete, so gradients cannot
 flow through it, and fixing it isolates the image pathway. The attacked image is scored with the
@@ -90,12 +90,12 @@ def attack_probabilities(
         y_true: ``[N, L]`` labels in {1, 0, -1}; the attack raises the loss on known ones.
         method, eps, steps, step_size: passed to ``perturb`` (eps in normalised intensity units).
         batch_size: scans attacked together.
-        perturb: the attack function; default ``medmm.training.adversarial.perturb``.
+        perturb: the attack function; default ``medmm.models.adversarial.perturb``.
         bounds: valid intensity range the adversarial image is clipped to (the HU window).
         seed: seeds PGD's random start (uniform in the ε-ball, Madry et al.).
     """
     if perturb is None:
-        from medmm.training.adversarial import perturb
+        from medmm.models.adversarial import perturb
     y_all = torch.as_tensor(np.asarray(y_true), dtype=torch.float32)
     out = np.zeros(tuple(y_all.shape), dtype=np.float64)
     generator = torch.Generator().manual_seed(seed)

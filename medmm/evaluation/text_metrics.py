@@ -1,4 +1,6 @@
-"""Report-generation metrics: BLEU-4, ROUGE-L, METEOR and clinical-efficacy F1.
+"""Report-generation metrics: BLEU-4, ROUGE-L, METEOR, chrF and clinical-efficacy F1 against the
+references, and, on the generated reports alone, agreement with the decisions, truncation,
+distinct-4 and length.
 
 All run offline. Text is lower-cased and split with NLTK's regex ``wordpunct_tokenize`` (no
 downloaded tokenizer models). METEOR needs WordNet for its synonym stage; WordNet data cannot be
@@ -7,13 +9,22 @@ disabled (exact + Porter-stem matching only, same alpha/beta/gamma) and is repor
 name ``meteor_exact_stem`` with the variant written into the protocol. chrF (NLTK) is reported too
 as a tokenisation-free cross-check.
 
+Reference-free metrics (every generated report, with or without a reference): ``agreement`` =
+fraction of (scan, finding) pairs where the report labeler's reading of the generated report equals
+the model's decision (the findings table); ``truncated`` = fraction of reports whose last
+non-space character does not end a sentence (``. ! ?``, optionally followed by a closing quote or
+bracket; an empty report counts as truncated); ``distinct_4`` = distinct 4-grams / all 4-grams
+over the corpus of generated reports (Li et al. 2016); ``mean_tokens`` = mean number of
+word/punctuation tokens (the tokenizer above).
+
 References: Papineni et al. 2002 (BLEU); Chen & Cherry 2014 (smoothing method 1); Lin 2004
-(ROUGE-L); Banerjee & Lavie 2005 (METEOR); Popovic 2015 (chrF).
+(ROUGE-L); Banerjee & Lavie 2005 (METEOR); Popovic 2015 (chrF); Li et al. 2016 (distinct-n).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,11 +89,70 @@ def chrf(generated: Sequence[str], references: Sequence[str]) -> float:
     return float(corpus_chrf([r or "" for r in references], [g or "" for g in generated]))
 
 
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s*$")
+
+
+def is_truncated(report: str | None) -> bool:
+    """True when the report does not end a sentence (cut off by the length limit), or is empty."""
+    return not _SENTENCE_END.search(report or "")
+
+
+def truncated_fraction(reports: Sequence[str | None]) -> float:
+    """Fraction of reports that do not end a sentence (NaN for no reports)."""
+    return float(np.mean([is_truncated(r) for r in reports])) if reports else float("nan")
+
+
+def distinct_n(reports: Sequence[str | None], n: int = 4) -> float:
+    """Distinct n-grams / all n-grams over the whole corpus of reports (0 when there is no n-gram)."""
+    grams = [tuple(tokens[i:i + n]) for tokens in map(tokenize, reports) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_tokens(reports: Sequence[str | None]) -> float:
+    """Mean number of word/punctuation tokens per report (NaN for no reports)."""
+    return float(np.mean([len(tokenize(r)) for r in reports])) if reports else float("nan")
+
+
+def agreement(report_labels: Sequence[Mapping[str, int]], decisions: Any, labels: Sequence[str]) -> dict[str, Any]:
+    """Agreement of labelled reports with the decisions ``[N, L]`` (truthy = positive).
+
+    A report label counts as positive only when it is 1 (an uncertain mention counts as the
+    labeler's ``uncertain_as``). Returns ``{"agreement", "per_finding": {label: fraction}, "n_pairs",
+    "disagreements": {"unstated": pairs decided positive but not reported, "contradicted": reported but decided negative}}``.
+    """
+    decided = np.asarray(decisions, dtype=bool)
+    if decided.shape != (len(report_labels), len(labels)):
+        raise ValueError(f"decisions of shape {decided.shape} for {len(report_labels)} reports and {len(labels)} labels")
+    stated = np.array([[row.get(lab, 0) == 1 for lab in labels] for row in report_labels], dtype=bool).reshape(decided.shape)
+    same = stated == decided
+    return {
+        "agreement": float(same.mean()) if same.size else float("nan"),
+        "per_finding": {lab: float(same[:, j].mean()) if len(same) else float("nan") for j, lab in enumerate(labels)},
+        "n_pairs": int(same.size),
+        "disagreements": {"unstated": int((decided & ~stated).sum()), "contradicted": int((stated & ~decided).sum())},
+    }
+
+
+def generation_metrics(generated: Sequence[str | None], labeler: Callable[[str], Mapping[str, int]] | None = None,
+                       decisions: Any = None, labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """Reference-free metrics of the generated reports (see the module docstring)."""
+    out: dict[str, Any] = {"truncated": truncated_fraction(generated), "distinct_4": distinct_n(generated, 4),
+                           "mean_tokens": mean_tokens(generated)}
+    if labeler is not None and decisions is not None:
+        labels = list(labels if labels is not None else getattr(labeler, "labels"))
+        agree = agreement([labeler(g or "") for g in generated], decisions, labels)
+        out["agreement"] = agree["agreement"]
+        out["agreement_detail"] = {k: v for k, v in agree.items() if k != "agreement"}
+    return out
+
+
 def report_metrics(
     generated: Sequence[str],
     references: Sequence[str],
     labeler: Callable[[str], dict[str, int]] | None = None,
     clinical_f1: Callable[..., Any] | None = None,
+    decisions: Any = None,
+    labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """NLG and clinical-efficacy metrics of generated vs reference reports.
 
@@ -92,18 +162,23 @@ def report_metrics(
         labeler: ontology report labeler (text -> {finding: 1/0}) for clinical efficacy.
         clinical_f1: ``medmm.knowledge.clinical_efficacy_f1``-compatible function
             ``(generated, reference, labeler) -> dict|float``; defaults to the knowledge one.
+        decisions: the model's decisions ``[N, L]`` for every generated report (for ``agreement``).
+        labels: the decisions' label order (default: ``labeler.labels``).
 
     Returns:
-        ``{"n_reports", "bleu4", "rouge_l", <meteor variant>, "chrf", "clinical_efficacy", "protocol"}``.
+        ``{"n_reports", "bleu4", "rouge_l", <meteor variant>, "chrf", "clinical_efficacy",
+        "n_generated", "agreement", "truncated", "distinct_4", "mean_tokens", "protocol"}``; the last
+        four (see :func:`generation_metrics`) over every generated report, references or not.
     """
     if len(generated) != len(references):
         raise ValueError(f"{len(generated)} generated vs {len(references)} reference reports")
     pairs = [(g or "", r) for g, r in zip(generated, references) if r and r.strip()]
     gen = [g for g, _ in pairs]
     ref = [r for _, r in pairs]
-    out: dict[str, Any] = {"n_reports": len(pairs)}
+    out: dict[str, Any] = {"n_reports": len(pairs), "n_generated": len(generated)}
+    out.update(generation_metrics(generated, labeler, decisions, labels))
     if not pairs:
-        return out | {"protocol": "no reference reports: report metrics not computed"}
+        return out | {"protocol": "no reference reports: reference-based report metrics not computed; " + _GEN_PROTOCOL}
     out["bleu4"] = bleu4(gen, ref)
     out["rouge_l"] = rouge_l(gen, ref)
     score, variant = meteor(gen, ref)
@@ -120,9 +195,18 @@ def report_metrics(
            "METEOR substitute 'meteor_exact_stem' = NLTK meteor_score with the WordNet synonym stage "
            "disabled (WordNet data not installed; exact + Porter-stem matches only)")
         + "; chrF = NLTK corpus_chrf; clinical efficacy = findings extracted by the ontology report "
-        "labeler from generated vs reference reports (positive = 1), micro- and macro-averaged precision/recall/F1 over the labels (terminal shows micro F1)."
+        "labeler from generated vs reference reports (positive = 1), micro- and macro-averaged precision/recall/F1 over the labels (terminal shows micro F1); "
+        + _GEN_PROTOCOL
     )
     return out
+
+
+_GEN_PROTOCOL = (
+    "over every generated report: agreement = fraction of (scan, finding) pairs where the report labeler's "
+    "reading of the generated report (positive = 1) equals the model's ontology-consistent decision; truncated = "
+    "fraction of reports not ending with . ! or ? (empty = truncated); distinct_4 = distinct/total word 4-grams "
+    "over all generated reports; mean_tokens = mean wordpunct tokens per report"
+)
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from medmm.inference.predictor import Predictor, TensorPrediction, load_model
 from medmm.inference.result import FINDING_COLUMNS, RESULT_SCHEMA, Explanation, Result
-from medmm.inference.sliding import InfererSettings, compute_feature_map, make_inferer
+from medmm.inference.sliding import compute_feature_map, make_inferer
 from medmm.inference.writers import write_outputs
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "Explanation",
     "FINDING_COLUMNS",
     "RESULT_SCHEMA",
-    "InfererSettings",
     "compute_feature_map",
     "make_inferer",
     "write_outputs",

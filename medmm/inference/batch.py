@@ -113,6 +113,7 @@ def run_batch(
     writer_options: dict[str, Any] | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    force: bool = False,
 ) -> BatchSummary:
     """Diagnose ``jobs`` into ``out_root/<name>/``, skipping finished scans, surviving failures.
 
@@ -123,8 +124,11 @@ def run_batch(
         writer_options: extra :func:`~medmm.inference.writers.write_outputs` arguments.
         progress: show a tqdm progress bar (stderr).
         echo: where one-line failure messages go.
+        force: diagnose inputs the plausibility gate refuses (see ``inference/plausibility.py``).
     """
     from tqdm.auto import tqdm
+
+    from medmm.inference.writers.outfolder import check_sr_input
 
     out_root = Path(out_root)
     options = dict(writer_options or {})
@@ -135,7 +139,8 @@ def run_batch(
             summary.skipped.append(job.name)
             continue
         try:
-            result = predictor.predict(job.path, indication=job.indication, series=job.series)
+            check_sr_input(job.path, bool(options.get("dicom_sr")))  # before inference, not after
+            result = predictor.predict(job.path, indication=job.indication, series=job.series, force=force)
             write_outputs(result, out_dir, input_path=job.path, **options)
         except MedmmError as err:
             reason = str(getattr(err, "reason", err))

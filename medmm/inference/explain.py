@@ -4,7 +4,10 @@ MONAI's :class:`~monai.visualize.GradCAM` hooks a named layer of a module that m
 class scores. Here that module is the model's *head* (pooling → fusion classifier) fed with the
 already computed (possibly sliding-window stitched) feature map through an ``Identity`` layer, so
 explaining a finding never re-runs the encoder over a large volume. The map is then resized to
-the preprocessed image grid and returned as a :class:`medmm.io.Volume` with that grid's affine.
+the preprocessed image grid and returned as a :class:`medmm.io.Volume` with that grid's affine
+(the preprocessed MetaTensor's, so it is placed in the input's world coordinates whatever crop,
+resampling or reorientation preprocessing did); `to_input_grid` resamples it onto the input's own
+voxel grid through the two affines.
 
 Reference: Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
 Gradient-based Localization", ICCV 2017.
@@ -24,7 +27,8 @@ from medmm.inference.result import Explanation
 
 
 class FeatureHead(nn.Module):
-    """feature map (+ fixed text embedding) → logits, with a hookable ``features`` layer."""
+    """feature map (+ fixed text embedding) → logits through `MedMM.predict_step`, with a
+    hookable ``features`` layer."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -32,8 +36,11 @@ class FeatureHead(nn.Module):
         self.model = model
 
     def forward(self, feature_map: torch.Tensor, text_emb: torch.Tensor | None = None) -> torch.Tensor:
-        pooled, tokens = self.model.embed(self.features(feature_map))
-        return self.model.classify(pooled, text_emb, tokens)
+        fmap = self.features(feature_map)
+        if text_emb is None:  # image-only model: no text to generate or read
+            return self.model.predict_step(feature_map=fmap, generate=False, use_generated_report=False,
+                                           use_indication=False).logits
+        return self.model.predict_step(feature_map=fmap, text_emb=text_emb).logits
 
 
 def gradcam_map(
@@ -70,6 +77,22 @@ def gradcam_map(
     return heat
 
 
+def to_input_grid(heat: np.ndarray, heat_affine: np.ndarray, input_shape: tuple[int, ...],
+                  input_affine: np.ndarray) -> np.ndarray:
+    """Resample a map on the preprocessed grid onto the input volume's voxel grid (0 outside).
+
+    Both affines map voxel indices to the same RAS world space, so input voxel ``i`` lies at
+    preprocessed index ``inv(heat_affine) @ input_affine @ i``; trilinear interpolation there
+    undoes reorientation, resampling and cropping at once.
+    """
+    from scipy.ndimage import affine_transform
+
+    mapping = np.linalg.inv(np.asarray(heat_affine, dtype=np.float64)) @ np.asarray(input_affine, dtype=np.float64)
+    out = affine_transform(np.asarray(heat, dtype=np.float32), mapping[:3, :3], offset=mapping[:3, 3],
+                           output_shape=tuple(int(s) for s in input_shape), order=1, mode="constant", cval=0.0)
+    return out.astype(np.float32)
+
+
 class GradCamExplainer:
     """Callable ``finding -> Explanation`` attached to a :class:`~medmm.inference.result.Result`.
 
@@ -87,6 +110,7 @@ class GradCamExplainer:
         image_affine: np.ndarray,
         findings: dict[str, dict[str, Any]],
         details_fn: Any = None,
+        input_grid: tuple[tuple[int, ...], np.ndarray] | None = None,
     ):
         self.model = model
         self.feature_map = feature_map.detach()
@@ -96,13 +120,24 @@ class GradCamExplainer:
         self.image_affine = np.asarray(image_affine, dtype=np.float64)
         self.findings = findings
         self.details_fn = details_fn
+        self.input_grid = input_grid
 
-    def heatmap(self, finding: str):
-        """Grad-CAM of ``finding`` as a :class:`medmm.io.Volume` on the preprocessed grid."""
+    def heatmap(self, finding: str, grid: str = "model"):
+        """Grad-CAM of ``finding`` as a :class:`medmm.io.Volume` in RAS world coordinates.
+
+        ``grid="model"``: on the preprocessed grid (with its affine); ``grid="input"``: resampled
+        onto the input scan's voxel grid (same shape and affine as the loaded `Volume`).
+        """
         from medmm.io import Volume
 
         heat = gradcam_map(self.model, self.feature_map, self.text_emb, self.labels.index(finding), self.image_shape)
-        return Volume(array=heat, affine=self.image_affine.copy(), meta={"kind": "gradcam", "finding": finding})
+        meta = {"kind": "gradcam", "finding": finding}
+        if grid == "model":
+            return Volume(array=heat, affine=self.image_affine.copy(), meta=meta)
+        if grid != "input" or self.input_grid is None:
+            raise ValueError(f"grid must be 'model' or 'input' (with the input's geometry known), got {grid!r}")
+        shape, affine = self.input_grid
+        return Volume(array=to_input_grid(heat, self.image_affine, shape, affine), affine=affine.copy(), meta=meta)
 
     def __call__(self, finding: str) -> Explanation:
         row = self.findings[finding]

@@ -1,14 +1,15 @@
 """`Predictor`: a trained run directory turned into a scan → :class:`Result` function.
 
 Like nnU-Net's ``nnUNetPredictor.initialize_from_trained_model_folder``, everything needed to
-predict comes from the run directory (``medmm.json`` + weights): labels, preprocessing,
-per-finding thresholds, the sliding-window settings and the ontology's hash, so inference can
-never silently disagree with training.
+predict comes from the run directory's `medmm.models.RunMeta` (and weights): labels,
+preprocessing, per-finding thresholds, the sliding-window settings, the fusion-text settings and
+the ontology's hash — read from that one typed record, without fallbacks, so inference can never
+silently disagree with training.
 
-Pipeline of :meth:`Predictor.predict`: load → preprocess exactly as training → encoder feature map
-(direct pass, or MONAI sliding window when the volume exceeds the ROI) → pooled embedding + tokens
-→ generated report → text encoder(report + indication) → fusion classifier → sigmoid → ontology
-consistency (raw probabilities kept) → thresholds.
+Pipeline of :meth:`Predictor.predict`: load → preprocess exactly as training (a MetaTensor whose
+affine follows every step) → encoder feature map (direct pass, or MONAI sliding window when the
+volume exceeds the ROI) → :meth:`medmm.models.MedMM.predict_step` (report, fusion text, logits)
+→ sigmoid → ontology consistency (raw probabilities kept) → thresholds.
 
 >>> model = load_model("runs/ct_chest_demo")            # doctest: +SKIP
 >>> result = model.predict("scan_dir/", indication="dyspnea")  # doctest: +SKIP
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,10 +27,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from medmm.errors import MedmmConfigError, MedmmInputError
+from medmm.errors import MedmmInputError
 from medmm.inference.explain import GradCamExplainer
 from medmm.inference.result import Result
-from medmm.inference.sliding import InfererSettings, compute_feature_map, needs_sliding_window
+from medmm.inference.sliding import compute_feature_map, needs_sliding_window
+from medmm.models.run_meta import RunMeta
 
 # Above this many voxels a CUDA run keeps the stitched feature map and the input on the CPU.
 _CPU_STITCH_VOXELS = 2**25
@@ -63,40 +64,26 @@ class Predictor:
     """Diagnose scans with one trained model (see module docstring).
 
     Build it with :func:`load_model`. Attributes: ``labels``, ``thresholds`` (label → float),
-    ``meta`` (the run's ``medmm.json``), ``preprocessing``, ``inferer`` (:class:`InfererSettings`),
+    ``meta`` (the run's `RunMeta`), ``preprocessing``, ``inferer`` (`InfererConfig`),
     ``ontology``, ``device``, ``model_id``.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        meta: dict[str, Any],
-        run_dir: Path,
-        checkpoint: str,
-        device: torch.device,
-        ontology: Any,
-    ):
-        from medmm.data.transforms import PreprocessingConfig
-
+    def __init__(self, model: torch.nn.Module, meta: RunMeta, run_dir: Path, checkpoint: str,
+                 device: torch.device, ontology: Any):
         self.model = model.to(device).eval()
         self.meta = meta
         self.run_dir = run_dir
         self.checkpoint = checkpoint
         self.device = device
         self.ontology = ontology
-        self.labels: list[str] = list(meta.get("labels") or getattr(model, "labels"))
-        self.thresholds = _read_thresholds(meta.get("thresholds"), self.labels, run_dir)
-        workflow = meta.get("workflow") or {}
-        prep = meta.get("preprocessing") or workflow.get("preprocessing")
-        if prep is None:
-            raise MedmmConfigError(run_dir / "medmm.json", "no 'preprocessing' stored; re-train with this medmm")
-        self.preprocessing = prep if isinstance(prep, PreprocessingConfig) else PreprocessingConfig(**prep)
-        self.inferer = InfererSettings.from_meta(meta, where=str(run_dir / "medmm.json"))
+        self.labels: list[str] = meta.labels
+        self.thresholds = dict(meta.thresholds)
+        self.preprocessing = meta.preprocessing
+        self.inferer = meta.inferer
         self.constraints = ontology.constraints(self.labels)
-        text = meta.get("text") or (workflow.get("training") or {}).get("text") or {}
-        self.use_generated_report = bool(text.get("use_generated_report", True))
-        self.use_indication = bool(text.get("use_indication", True))
-        self.model_id = f"{meta.get('name') or run_dir.name}@{_weights_id(run_dir, checkpoint)}"
+        self.use_generated_report = meta.text.use_generated_report
+        self.use_indication = meta.text.use_indication
+        self.model_id = f"{meta.name}@{_weights_id(run_dir, checkpoint)}"
         self._init_report_checks(ontology)
 
     def _init_report_checks(self, ontology: Any) -> None:
@@ -105,13 +92,24 @@ class Predictor:
         from medmm.models.calibration import Calibration
         from medmm.models.report_verifier import ReportVerifier
 
-        self.calibration = Calibration(self.meta.get("calibration"), self.labels)
+        self.calibration = Calibration(self.meta.calibration, self.labels)
         self.verifier = ReportVerifier(ReportLabeler(ontology, self.labels), self.labels,
                                        getattr(self.model, "report_generator", None))
 
+    def verified_reports(self, tokens: torch.Tensor, decisions: torch.Tensor, drafts: list[str]) -> list[Any]:
+        """Reports grounded on (and verified against) ``decisions`` (``medmm.models.report_verifier``).
+
+        ``drafts``: the reports `predict_step` decoded (ungrounded models); a grounded model writes
+        its report here, from the decisions.
+        """
+        from medmm.models.report_verifier import is_grounded, write_verified_reports
+
+        return write_verified_reports(self.model, tokens, decisions.bool(), self.verifier,
+                                      None if is_grounded(self.model) else drafts)
+
     # --------------------------------------------------------------- stages
     def preprocess(self, path_or_volume: Any, series: str | None = None) -> torch.Tensor:
-        """The exact training-time preprocessing of a path or Volume → ``[1, X, Y, Z]`` tensor."""
+        """The exact training-time preprocessing of a path or Volume → ``MetaTensor [1, X, Y, Z]``."""
         from medmm.data.transforms import preprocess_volume
 
         volume = self._load(path_or_volume, series)
@@ -124,126 +122,91 @@ class Predictor:
             self.device
         )
 
-    def forward_tensor(
-        self,
-        x: torch.Tensor,
-        texts: list[str] | None = None,
-        indications: list[str | None] | None = None,
-    ) -> torch.Tensor:
+    def step(self, x: torch.Tensor, indications: list[str | None] | None = None,
+             text_emb: torch.Tensor | None = None) -> Any:
+        """`MedMM.predict_step` on preprocessed images (sliding window when larger than the ROI)."""
+        x = torch.as_tensor(x).to(self.device)
+        return self.model.predict_step(feature_map=self.feature_map(x), indications=indications,
+                                       use_generated_report=self.use_generated_report,
+                                       use_indication=self.use_indication, text_emb=text_emb)
+
+    def forward_tensor(self, x: torch.Tensor, texts: list[str] | None = None,
+                       indications: list[str | None] | None = None) -> torch.Tensor:
         """Differentiable logits ``[B, L]`` for preprocessed images ``x`` ``[B, 1, X, Y, Z]``.
 
-        Gradients flow to ``x`` (for robustness evaluation / adversarial attacks). ``texts`` are
-        the fusion-head texts; when None they are made from reports generated for ``x`` (without
-        gradient, since decoding is discrete) plus ``indications``.
+        Gradients flow to ``x`` (robustness evaluation / adversarial attacks). ``texts``: fixed
+        fusion-head texts (e.g. those of the clean prediction); None = generate them for ``x``.
         """
-        x = x.to(self.device)
-        fm = self.feature_map(x)
-        pooled, tokens = self.model.embed(fm)
+        x = torch.as_tensor(x).to(self.device)
         if texts is None:
-            texts = self.fusion_texts(tokens, indications)
+            return self.calibration.logits(self.step(x, indications).logits)
         if len(texts) != x.shape[0]:
             raise ValueError(f"got {len(texts)} texts for a batch of {x.shape[0]} images")
-        return self.calibration.logits(self.model.classify(pooled, self.text_embedding(texts), tokens))
+        if not self.model.uses_text:  # an image-only head reads no text: nothing to generate
+            return self.calibration.logits(self.model.predict_step(
+                feature_map=self.feature_map(x), generate=False, use_generated_report=False,
+                use_indication=False).logits)
+        return self.calibration.logits(self.step(x, text_emb=self.model.encode_text(list(texts))).logits)
 
-    def text_embedding(self, texts: list[str]) -> torch.Tensor | None:
-        """Fusion-head text embeddings, or None for an image-only model."""
-        if not getattr(self.model, "uses_text", True):
-            return None
-        return self.model.encode_text(list(texts))
-
-    def fusion_texts(self, tokens: torch.Tensor, indications: list[str | None] | None = None) -> list[str]:
-        """Generate reports from image tokens and combine each with its indication."""
-        with torch.no_grad():
-            reports = self._drafts(tokens.detach())
-        return self.texts_for(reports, indications)
-
-    def _drafts(self, tokens: torch.Tensor) -> list[str]:
-        """Reports the fusion head reads (ungrounded drafts); a grounded model's head reads none."""
-        from medmm.models.report_verifier import is_grounded
-
-        if is_grounded(self.model) or not self.use_generated_report:
-            return [""] * tokens.shape[0]
-        return list(self.model.generate_reports(tokens))
-
-    def verified_reports(self, tokens: torch.Tensor, decisions: torch.Tensor, drafts: list[str]) -> list[Any]:
-        """Reports grounded on (and verified against) ``decisions`` (``medmm.models.report_verifier``)."""
-        from medmm.models.report_verifier import is_grounded, write_verified_reports
-
-        grounded = is_grounded(self.model) or not self.use_generated_report
-        return write_verified_reports(self.model, tokens, decisions.bool(), self.verifier,
-                                      None if grounded else drafts)
-
-    def texts_for(self, reports: list[str], indications: list[str | None] | None = None) -> list[str]:
-        """Fusion-head texts exactly as in training (the run's ``text`` settings decide the parts)."""
-        from medmm.training.validation import fusion_texts
-
-        indications = [i or "" for i in (indications or [None] * len(reports))]
-        return fusion_texts(reports, indications, self.use_generated_report, self.use_indication)
-
-    def predict_tensor(
-        self, x: torch.Tensor, indications: list[str | None] | None = None
-    ) -> TensorPrediction:
+    def predict_tensor(self, x: torch.Tensor, indications: list[str | None] | None = None) -> TensorPrediction:
         """Batch prediction on preprocessed images (no gradient): logits, raw/consistent probs."""
         from medmm.knowledge import make_consistent
 
         with torch.inference_mode():
-            x = x.to(self.device)
-            fm = self.feature_map(x)
-            pooled, tokens = self.model.embed(fm)
-            drafts = self._drafts(tokens)
-            texts = self.texts_for(drafts, indications)
-            logits = self.calibration.logits(self.model.classify(pooled, self.text_embedding(texts), tokens))
+            out = self.step(x, indications)
+            logits = self.calibration.logits(out.logits)
             probs_raw = torch.sigmoid(logits)
             probs = make_consistent(probs_raw.cpu(), self.constraints, track_repairs=False).probs
-            checked = self.verified_reports(tokens, self.decide(probs), drafts)
-        return TensorPrediction(logits.cpu(), probs_raw.cpu(), probs.cpu(), [c.text for c in checked], texts,
+            checked = self.verified_reports(out.tokens, self.decide(probs), out.reports)
+        return TensorPrediction(logits.cpu(), probs_raw.cpu(), probs.cpu(), [c.text for c in checked], out.texts,
                                 [c.to_json() for c in checked])
 
     # -------------------------------------------------------------- predict
-    def predict(self, path_or_volume: Any, indication: str | None = None, series: str | None = None) -> Result:
+    def predict(self, path_or_volume: Any, indication: str | None = None, series: str | None = None,
+                force: bool = False) -> Result:
         """Diagnose one scan (DICOM file/folder/zip, NIfTI, or a :class:`medmm.io.Volume`).
 
         Args:
             path_or_volume: what to diagnose.
             indication: optional clinical indication, given to the text encoder with the report.
             series: DICOM series UID (suffix) when a folder holds several series.
+            force: diagnose an input the plausibility gate refuses (its reasons become warnings).
 
         Returns:
             :class:`Result` with raw and ontology-consistent probabilities, decisions, the
             generated report and a Grad-CAM explainer.
 
         Raises:
-            MedmmInputError: the input cannot be read.
+            MedmmInputError: the input cannot be read, or is clearly not a chest CT
+                (``inference/plausibility.py``; ``force=True`` overrides).
         """
-        from medmm.data.transforms import preprocess_volume
+        from medmm.data.transforms import grid_affine, preprocess_volume
         from medmm.knowledge import make_consistent
 
         start = time.perf_counter()
         volume = self._load(path_or_volume, series)
+        input_warnings = _plausibility(volume, self.meta, force, path_or_volume)  # i21 hook: input gate
         input_info = _input_info(volume)
-        volume_affine = volume.affine
+        input_grid = (tuple(int(n) for n in volume.shape), np.asarray(volume.affine, dtype=np.float64))
         source_files = list(volume.source_files)
         image = preprocess_volume(volume, self.preprocessing)
         del volume  # the caller may still hold it; ours goes before the model runs
         gc.collect()
-        image_affine = _affine_of(image, volume_affine, self.preprocessing)
+        image_affine = grid_affine(image)
         image_shape = tuple(int(s) for s in image.shape[1:])
         sliding = needs_sliding_window(image_shape, self.inferer.roi_size)
 
         with torch.inference_mode():
-            fm = self.feature_map(image.as_tensor()[None] if hasattr(image, "as_tensor") else image[None])
-            pooled, tokens = self.model.embed(fm)
-            draft = self._drafts(tokens)
-            text_emb = self.text_embedding(self.texts_for(draft, [indication]))
-            logits = self.calibration.logits(self.model.classify(pooled, text_emb, tokens))
-            probs_raw = torch.sigmoid(logits).cpu()
+            out = self.step(image.as_tensor()[None], [indication])
+            fm, text_emb, tokens, drafts = out.feature_map, out.text_emb, out.tokens, out.reports
+            probs_raw = torch.sigmoid(self.calibration.logits(out.logits)).cpu()
         consistent = make_consistent(probs_raw, self.constraints)
         probs = consistent.probs
         repairs = list(consistent.repairs[0])
         # per-finding thresholds differ, so thresholding consistent probabilities could still give
         # inconsistent decisions; consistent_decisions guarantees them (docs/knowledge.md)
         decisions = self.decide(probs)[0].tolist()
-        checked = self.verified_reports(tokens, torch.tensor([decisions]), draft)[0]
+        checked = self.verified_reports(tokens, torch.tensor([decisions]), drafts)[0]
 
         findings = self._findings(probs_raw[0].tolist(), probs[0].tolist(), repairs, decisions)
         by_name = {row["finding"]: row for row in findings}
@@ -256,6 +219,7 @@ class Predictor:
             image_affine,
             by_name,
             details_fn=lambda label: self._explain_details(label, repairs),
+            input_grid=input_grid,
         )
         image_np = np.asarray(image[0], dtype=np.float32)
         del image
@@ -288,6 +252,7 @@ class Predictor:
             image=image_np,
             image_affine=image_affine,
             source_files=source_files,
+            warnings=input_warnings,
             _explainer=explainer,
         )
 
@@ -298,10 +263,10 @@ class Predictor:
 
         return {
             "id": self.model_id,
-            "run": self.meta.get("name") or self.run_dir.name,
+            "run": self.meta.name,
             "checkpoint": self.checkpoint,
             "labels": list(self.labels),
-            "ontology_sha256": getattr(self.ontology, "sha256", None),
+            "ontology_sha256": self.meta.ontology.sha256,
             "medmm_version": __version__,
         }
 
@@ -390,92 +355,39 @@ def load_model(
     from medmm.models import load_checkpoint
 
     run_dir = Path(run_dir)
-    meta_path = run_dir / "medmm.json"
-    if not meta_path.is_file():
-        raise MedmmInputError(run_dir, "not a medmm run directory (no medmm.json); train one with `medmm train`")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MedmmInputError(None, "--device cuda requested but no CUDA device is available; use --device cpu")
-    if not (run_dir / f"{checkpoint}.safetensors").is_file() and checkpoint == "best":
-        if (run_dir / "last.safetensors").is_file():
-            checkpoint = "last"
+    if checkpoint == "best" and not (run_dir / "best.safetensors").is_file() and (run_dir / "last.safetensors").is_file():
+        checkpoint = "last"  # a run interrupted before its first validation has only ``last``
     model, meta = load_checkpoint(run_dir, name=checkpoint)
-    if not meta:
-        meta = json.loads(meta_path.read_text())
     onto = ontology if ontology is not None else _load_ontology(run_dir, meta)
-    _check_ontology(onto, meta, run_dir, allow_ontology_mismatch)
+    onto.check_compatible(meta.ontology.sha256, allow_mismatch=allow_ontology_mismatch)
     return Predictor(model, meta, run_dir, checkpoint, device, onto)
 
 
 # ----------------------------------------------------------------- helpers
-def _load_ontology(run_dir: Path, meta: dict[str, Any]):
+def _load_ontology(run_dir: Path, meta: RunMeta):
+    """The run's ontology file (relative paths are tried inside the run dir first), else medmm's."""
     from medmm.knowledge import load_ontology
 
-    stored = meta.get("ontology")
-    path = None
-    if isinstance(stored, dict):
-        path = stored.get("path")
-    elif isinstance(stored, str):
-        path = stored
-    path = path or meta.get("ontology_path") or ((meta.get("workflow") or {}).get("ontology") or {}).get("path")
-    candidates = [Path(path)] if path else []
-    if path and not Path(path).is_absolute():
-        candidates.insert(0, run_dir / path)
-    for candidate in candidates:
+    path = meta.ontology.path
+    if path is None:
+        return load_ontology()
+    for candidate in ([run_dir / path] if not Path(path).is_absolute() else []) + [Path(path)]:
         if candidate.is_file():
             return load_ontology(candidate)
     return load_ontology()
 
 
-def _check_ontology(onto: Any, meta: dict[str, Any], run_dir: Path, allow: bool) -> None:
-    stored = meta.get("ontology_sha256")
-    if stored is None and isinstance(meta.get("ontology"), dict):
-        stored = meta["ontology"].get("sha256")
-    if stored is None:
-        return
-    if hasattr(onto, "check_compatible"):
-        onto.check_compatible(stored, allow_mismatch=allow)
-        return
-    if onto.sha256 != stored and not allow:
-        raise MedmmConfigError(
-            run_dir / "medmm.json",
-            f"ontology sha256 {onto.sha256[:12]}... differs from the one used in training ({stored[:12]}...); "
-            "pass allow_ontology_mismatch=True to use it anyway",
-        )
+def _plausibility(volume: Any, meta: Any, force: bool, source: Any) -> list[str]:
+    """Refuse a clearly implausible input, else its warnings (see ``inference/plausibility.py``)."""
+    from medmm.inference.plausibility import check_input
+    from medmm.io import Volume
 
-
-def _read_thresholds(stored: Any, labels: list[str], run_dir: Path) -> dict[str, float]:
-    if stored is None:
-        return {label: 0.5 for label in labels}
-    if isinstance(stored, (list, tuple)):
-        if len(stored) != len(labels):
-            raise MedmmConfigError(run_dir / "medmm.json", f"thresholds has {len(stored)} values for {len(labels)} labels")
-        return {label: float(t) for label, t in zip(labels, stored)}
-    return {label: float(stored.get(label, 0.5)) for label in labels}
-
-
-def _affine_of(image: Any, volume_affine: np.ndarray, cfg: Any) -> np.ndarray:
-    """Voxel → RAS affine of the preprocessed grid.
-
-    Taken from the MetaTensor when preprocessing keeps it; otherwise rebuilt: the input affine
-    reoriented to RAS (nibabel) with columns rescaled to the target spacing. The rebuilt origin
-    ignores a foreground crop, which only shifts where the heatmap sits in world space.
-    """
-    affine = getattr(image, "affine", None)
-    if affine is not None:
-        return np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine, dtype=np.float64)
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(volume_affine)
-    target = nib.orientations.axcodes2ornt(tuple(cfg.orientation), labels=(("L", "R"), ("P", "A"), ("I", "S")))
-    transform = nib.orientations.ornt_transform(ornt, target)
-    ras = volume_affine @ nib.orientations.inv_ornt_aff(transform, image.shape[1:])
-    if cfg.spacing is not None:
-        norms = np.linalg.norm(ras[:3, :3], axis=0)
-        ras[:3, :3] = ras[:3, :3] / norms * np.asarray(cfg.spacing, dtype=np.float64)
-    return ras
+    return check_input(volume, meta, force=force, where=None if isinstance(source, Volume) else source)
 
 
 def _input_info(volume: Any) -> dict[str, Any]:

@@ -74,6 +74,8 @@ class Result:
         image_affine: 4x4 affine of ``image`` (voxel -> RAS mm).
         source_files: DICOM files of the input series (for writers that reference them; never
             serialised).
+        warnings: why the input is doubtful (plausibility gate, ``inference/plausibility.py``);
+            shown in every output format and on stderr.
     """
 
     findings: list[dict[str, Any]]
@@ -88,6 +90,7 @@ class Result:
     image: np.ndarray | None = field(default=None, repr=False)
     image_affine: np.ndarray | None = field(default=None, repr=False)
     source_files: list[Any] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)
     _explainer: Callable[[str], Explanation] | None = field(default=None, repr=False)
 
     # ----------------------------------------------------------------- tables
@@ -149,28 +152,12 @@ class Result:
             "report_check": _jsonable(self.report_check),
             "findings": [_jsonable(row) for row in self.findings],
             "consistency": _jsonable(self.consistency),
+            "warnings": [str(w) for w in self.warnings],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
         """The result as a JSON string (see :meth:`to_dict`)."""
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Result:
-        """Rebuild a (model-less) Result from :meth:`to_dict` output, e.g. a saved result.json."""
-        if data.get("schema") != RESULT_SCHEMA:
-            raise ValueError(f"not a {RESULT_SCHEMA} document (schema={data.get('schema')!r})")
-        return cls(
-            findings=list(data["findings"]),
-            report=data["report"],
-            indication=data.get("indication"),
-            model=data["model"],
-            input=data["input"],
-            preprocessed=data["preprocessed"],
-            inference=data["inference"],
-            consistency=data.get("consistency", {}),
-            report_check=data.get("report_check", {}),
-        )
 
     # ---------------------------------------------------------------- display
     def summary(self) -> str:
@@ -180,6 +167,8 @@ class Result:
             mark = "yes" if row["positive"] else "-"
             lines.append(f"{row['finding']:<36} {row['probability']:6.3f} {row['threshold']:5.2f}  {mark}")
         lines += ["", "Report:", self.report]
+        if self.warnings:
+            lines += ["", "Input warnings:", *(f"  - {w}" for w in self.warnings)]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

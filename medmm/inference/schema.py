@@ -134,5 +134,7 @@ RESULT_JSON_SCHEMA = {
                 "max_change": {"type": "number", "minimum": 0},
             },
         },
+        # why the input is doubtful (plausibility gate); absent in results of medmm < 0.x
+        "warnings": {"type": "array", "items": {"type": "string"}},
     },
 }

@@ -5,74 +5,18 @@ training ROI is the stitched feature maps of ROI-sized windows. MONAI's
 :class:`~monai.inferers.SlidingWindowInferer` does the windowing, blending and the rescaling of
 window positions to the (down-sampled) feature grid; with ``sw_device="cuda"`` and
 ``device="cpu"`` the windows run on the GPU while the stitched map lives in host memory, so a
-volume that does not fit on the device still runs.
+volume that does not fit on the device still runs. Settings: the run's resolved
+`medmm.config.InfererConfig` (``RunMeta.inferer``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from monai.inferers import SlidingWindowInferer
-from pydantic import BaseModel, ConfigDict, field_validator
 
-from medmm.errors import MedmmConfigError
-
-
-class InfererSettings(BaseModel):
-    """Sliding-window settings read from a run's workflow (``inferer`` section).
-
-    Unknown keys are ignored: the workflow schema (``medmm.config``) owns validation of the
-    section; this class only picks the fields the inferer needs.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    roi_size: tuple[int, int, int] = (64, 64, 64)
-    overlap: float = 0.25
-    mode: str = "gaussian"
-    sw_batch_size: int = 1
-    sigma_scale: float = 0.125
-    padding_mode: str = "constant"
-    sw_device: str | None = None
-    device: str | None = None
-
-    @field_validator("roi_size", mode="before")
-    @classmethod
-    def _roi_3d(cls, v: Any) -> Any:
-        if isinstance(v, int):
-            return (v, v, v)
-        return v
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, v: str) -> str:
-        if v not in ("constant", "gaussian"):
-            raise ValueError(f"inferer.mode must be 'constant' or 'gaussian', got {v!r}")
-        return v
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any], where: str = "medmm.json") -> InfererSettings:
-        """Read ``inferer`` from checkpoint meta (top level or inside the resolved workflow).
-
-        Falls back to the preprocessing ROI when no inferer section is stored, since the encoder
-        was trained on crops of that size.
-
-        Raises:
-            MedmmConfigError: the stored section has invalid values.
-        """
-        workflow = meta.get("workflow") or {}
-        section = dict(meta.get("inferer") or workflow.get("inferer") or {})
-        if "roi_size" not in section:
-            prep = meta.get("preprocessing") or workflow.get("preprocessing") or {}
-            if prep.get("roi_size") is not None:
-                section["roi_size"] = prep["roi_size"]
-        try:
-            return cls(**section)
-        except ValueError as err:
-            first = str(err).splitlines()
-            raise MedmmConfigError(f"{where}:inferer", " ".join(first[:3])) from None
+from medmm.config.inferer import InfererConfig
 
 
 def needs_sliding_window(spatial_shape: Sequence[int], roi_size: Sequence[int]) -> bool:
@@ -81,7 +25,7 @@ def needs_sliding_window(spatial_shape: Sequence[int], roi_size: Sequence[int]) 
 
 
 def make_inferer(
-    settings: InfererSettings,
+    settings: InfererConfig,
     sw_device: torch.device | str | None = None,
     device: torch.device | str | None = None,
 ) -> SlidingWindowInferer:
@@ -101,7 +45,7 @@ def make_inferer(
 def compute_feature_map(
     feature_fn: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
-    settings: InfererSettings,
+    settings: InfererConfig,
     sw_device: torch.device | str | None = None,
     device: torch.device | str | None = None,
     force_sliding: bool = False,

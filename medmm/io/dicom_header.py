@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medmm.errors import MedmmInputError
+from medmm.io.text import safe_text
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 _EXECUTABLE_MAGIC = {b"MZ": "Windows (MZ)", b"\x7fELF": "Linux (ELF)"}
@@ -88,12 +89,12 @@ class ImageFields:
         frames = _int(ds, "NumberOfFrames")
         return cls(
             series_uid=_text(ds, "SeriesInstanceUID") or "",
-            modality=(_text(ds, "Modality") or "?").upper(),
+            modality=(safe_text(_text(ds, "Modality"), 16) or "?").upper(),
             rows=_int(ds, "Rows"),
             columns=_int(ds, "Columns"),
             n_frames=max(1, frames or 1),
             samples_per_pixel=_int(ds, "SamplesPerPixel") or 1,
-            photometric=(_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper(),
+            photometric=(safe_text(_text(ds, "PhotometricInterpretation"), 16) or "MONOCHROME2").upper(),
             bits_allocated=_int(ds, "BitsAllocated"),
             bits_stored=_int(ds, "BitsStored"),
             pixel_representation=_int(ds, "PixelRepresentation") or 0,

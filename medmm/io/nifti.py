@@ -20,9 +20,12 @@ import numpy as np
 
 from medmm.errors import MedmmInputError
 from medmm.io.text import short_reason
-from medmm.io.volume import Volume
+from medmm.io.volume import MAX_VOXELS, Volume
 
 log = logging.getLogger("medmm.io")
+
+_STREAM_CHECK_BYTES = 64 * 1024**2
+_CHUNK = 4 * 1024**2
 
 
 def is_nifti_path(path: Path) -> bool:
@@ -50,6 +53,41 @@ def _check_scaling(img, path: Path) -> None:
         )
 
 
+def check_declared_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> None:
+    """Believe the header's image size only if it is sane and the file really holds that much data.
+
+    Checked before anything is allocated: a 350-byte header declaring 30000³ voxels must fail
+    with one line, not with a MemoryError. An uncompressed file must be long enough; a gzipped
+    one is stream-decompressed (nothing kept) up to the declared length when that is large.
+
+    Raises:
+        MedmmInputError: more than `MAX_VOXELS` voxels, or data shorter than declared.
+    """
+    n = 1
+    for s in shape:
+        n *= int(s)
+    dims = "x".join(str(s) for s in shape)
+    if n > MAX_VOXELS:
+        raise MedmmInputError(path, f"NIfTI header declares {dims} = {n} voxels (limit {MAX_VOXELS}); not a plausible scan")
+    needed = offset + n * dtype.itemsize
+    if not path.name.lower().endswith(".gz"):
+        size = path.stat().st_size
+        if size < needed:
+            raise MedmmInputError(path, f"truncated NIfTI: header declares {dims} voxels ({needed} bytes) but the file holds {size}")
+        return
+    if needed < _STREAM_CHECK_BYTES:
+        return  # small: the normal read finds a truncation without a large allocation
+    got = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while got < needed and (chunk := fh.read(min(_CHUNK, needed - got))):
+                got += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as err:
+        raise MedmmInputError(path, f"truncated or corrupt NIfTI data ({short_reason(err)})") from None
+    if got < needed:
+        raise MedmmInputError(path, f"truncated NIfTI: header declares {dims} voxels ({needed} bytes) but the data ends after {got}")
+
+
 def load_nifti(path: Path, warnings: list[str] | None = None) -> Volume:
     """Read a 3D NIfTI (a 4D one with a single volume is accepted) as float32 ``(X, Y, Z)``.
 
@@ -75,6 +113,7 @@ def load_nifti(path: Path, warnings: list[str] | None = None) -> Volume:
     dtype = header.get_data_dtype()
     if dtype.kind == "c" or dtype.names is not None:
         raise MedmmInputError(path, f"NIfTI data type {dtype} (complex/RGB) is not a scalar image")
+    check_declared_size(path, shape, dtype, int(header.get_data_offset()))
     try:
         _check_scaling(img, path)
     except MedmmInputError:

@@ -133,7 +133,11 @@ def _read_with_pydicom(h: SliceHeader, ts: str, nbytes: int) -> np.ndarray:
     from pydicom.uid import UID
 
     uid = UID(ts) if ts else None
-    if uid is not None and uid.is_compressed:
+    try:
+        compressed = uid is not None and uid.is_compressed
+    except ValueError:  # pydicom: "UID is not a transfer syntax" (damaged file meta header)
+        raise MedmmInputError(h.path, "the file meta header names no known transfer syntax") from None
+    if compressed:
         try:
             decoder = get_decoder(uid)
         except NotImplementedError:
@@ -142,7 +146,7 @@ def _read_with_pydicom(h: SliceHeader, ts: str, nbytes: int) -> np.ndarray:
             raise MedmmInputError(h.path, f"pixel data is compressed ({uid.name}) and no decoder is installed: {CODECS_HINT}")
     try:
         ds = pydicom.dcmread(h.path)
-        if uid is not None and not uid.is_compressed and len(ds.PixelData) < nbytes:
+        if uid is not None and not compressed and len(ds.PixelData) < nbytes:
             raise MedmmInputError(h.path, f"truncated pixel data: {len(ds.PixelData)} of {nbytes} bytes")
         arr = np.asarray(ds.pixel_array)
     except MedmmInputError:
@@ -166,6 +170,50 @@ def _mask_stored_bits(h: SliceHeader, stored: np.ndarray) -> np.ndarray:
         return stored & np.array((1 << bs) - 1, dtype=stored.dtype)
     shift = bits - bs
     return (stored << shift) >> shift
+
+
+# Extended CT scales (e.g. Siemens extended HU) reach 30710 HU; no CT value lies beyond.
+CT_MAX_HU = 30710.0
+CT_MIN_HU = -10240.0
+SIGNED_MISREAD_NOTE = (
+    "PixelRepresentation says unsigned, but stored values with the sign bit set would be above "
+    f"{CT_MAX_HU:.0f} HU (beyond any CT scale) while as two's complement they are ordinary CT "
+    "numbers; read them as signed"
+)
+
+
+def signed_misread(stored: np.ndarray, f: ImageFields, slope: float, intercept: float) -> bool:
+    """True when CT pixels labelled unsigned (PixelRepresentation 0) are really two's complement.
+
+    Some exporters write int16 CT numbers (air = -1000 with intercept 0) but declare
+    PixelRepresentation 0, so air reads as 64536 and the rescale gives +64536 HU. Only values
+    with the sign bit (bit BitsStored-1) set differ between the two readings, so the question is
+    whether *those* values are possible as unsigned: a CT number above `CT_MAX_HU` is not, on any
+    scanner. The signed reading is chosen only if it puts every such value inside the CT scale;
+    otherwise the data are left as declared (and the plausibility gate judges them). Deciding per
+    slice is consistent: a slice without sign-bit values reads the same both ways.
+    """
+    if f.modality != "CT" or f.pixel_representation != 0 or stored.dtype.kind != "u" or stored.size == 0:
+        return False
+    bits = f.bits_stored or stored.dtype.itemsize * 8
+    sign = 1 << (bits - 1)
+    top = int(stored.max())
+    if top < sign:
+        return False
+    as_unsigned = sorted((top * slope + intercept, sign * slope + intercept))
+    if as_unsigned[1] <= CT_MAX_HU:
+        return False  # the largest reading is still a possible CT number: believe the header
+    low = int(stored[stored >= sign].min())
+    as_signed = [(v - (1 << bits)) * slope + intercept for v in (low, top)]
+    return all(CT_MIN_HU <= v <= CT_MAX_HU for v in as_signed)
+
+
+def to_signed(stored: np.ndarray, f: ImageFields) -> np.ndarray:
+    """Two's-complement reading of unsigned stored values over BitsStored bits (int32)."""
+    bits = f.bits_stored or stored.dtype.itemsize * 8
+    out = stored.astype(np.int32)
+    out[out >= (1 << (bits - 1))] -= 1 << bits
+    return out
 
 
 def rescale_params(slope, intercept, path: Path) -> tuple[float, float]:
@@ -220,28 +268,4 @@ def to_float(stored: np.ndarray, f: ImageFields, slope: float, intercept: float,
         return out
     np.multiply(values, np.float32(slope), out=out, casting="unsafe")
     out += np.float32(intercept)
-    return out
-
-
-def decode_file(path: str | Path) -> np.ndarray:
-    """Decode every frame of one DICOM file to float32 ``(frames, rows, columns)`` (rescaled).
-
-    Uses the top-level rescale, or the per-frame functional groups of an enhanced multi-frame file.
-
-    Raises:
-        MedmmInputError: not DICOM, colour, truncated, missing codec, invalid rescale.
-    """
-    from medmm.io.dicom_header import NotDicomError, read_header
-    from medmm.io.multiframe import frame_rescale
-
-    path = Path(path)
-    try:
-        h = read_header(path)
-    except NotDicomError:
-        raise MedmmInputError(path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
-    stored = read_stored(h)
-    slopes, intercepts = frame_rescale(h)
-    out = np.empty(stored.shape, dtype=np.float32)
-    for f in range(stored.shape[0]):
-        to_float(stored[f], h.f, slopes[f], intercepts[f], out=out[f])
     return out

@@ -234,11 +234,15 @@ def unique_suffixes(series: list[Series], min_len: int = 8) -> list[str]:
 
 
 def describe(series: list[Series]) -> str:
-    """One line listing candidate series: suffix, modality, slices, description (no PHI)."""
+    """One line listing candidate series for an error: UID suffix, modality, slice count, matrix.
+
+    Never the SeriesDescription: it is free text (the PS3.15 Basic Profile removes it) and may
+    hold names or dates; `medmm info` shows it on request, errors never do.
+    """
     parts = []
     for s, suffix in zip(series, unique_suffixes(series)):
         i = s.info()
-        parts.append(f"...{suffix} {i.modality} {i.n_slices} slices '{i.description}'")
+        parts.append(f"...{suffix} {safe_text(i.modality, 8)} {i.n_slices} slices {i.rows}x{i.columns}")
     return "; ".join(parts)
 
 

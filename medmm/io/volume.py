@@ -12,6 +12,10 @@ from typing import Any
 
 import numpy as np
 
+# Largest volume medmm allocates (1024³ voxels, 4 GiB as float32; a 512 x 512 x 2000 chest CT has
+# 5.2e8). Headers declaring more are not believed: NIfTI, DICOM series and multi-frame alike.
+MAX_VOXELS = 2**30
+
 # DICOM patient coordinates are LPS; medmm (like nibabel and MONAI's default) uses RAS.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -40,6 +40,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """UTF-8 ``text`` through `atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def _ds(value: float) -> str:
     """A DICOM Decimal String (≤ 16 chars) for ``value``, stable across platforms."""
     from pydicom.valuerep import format_number_as_ds

@@ -18,7 +18,8 @@ from medmm.knowledge.consistency import (
 )
 from medmm.knowledge.constraints import Constraints
 from medmm.knowledge.explain import explain_finding
-from medmm.knowledge.labeler import Mention, ReportLabeler, clinical_efficacy_f1, label_f1
+from medmm.knowledge.label_scores import clinical_efficacy_f1, label_f1
+from medmm.knowledge.labeler import Mention, ReportLabeler
 from medmm.knowledge.loss import constraint_terms, knowledge_loss
 from medmm.knowledge.ontology import Code, Ontology, canonical_sha256, default_ontology_path, load_ontology
 

@@ -9,16 +9,19 @@ spirit of the NIH/CheXpert labelers (Irvin et al., AAAI 2019):
 2. find concept mentions with one regular expression over every ``prefLabel``/``altLabel`` of the
    labels and of every concept that implies a label (longest phrase first, word boundaries,
    plural forms of each word);
-3. find negation / uncertainty triggers before (``no``, ``without``, ``negative for``,
-   ``possible``, ``cannot exclude`` ...) or after (``... not seen``, ``... has resolved``,
-   ``... cannot be excluded``) a mention; a trigger applies when no scope terminator (``but``,
-   ``however``, ``;``, ``:`` ...) lies between them and it is within :data:`SCOPE_WORDS` words.
-   The nearest applicable trigger decides; pseudo-triggers (``no change``, ``not only``) are
-   consumed without effect;
-4. a generic mention is specialised when the clause also names (un-negated) the anatomical site
+   A phrase listed for two findings counts for both ("traction bronchiectasis");
+3. find *split mentions*: a finding's ``ct:reportModifier`` word and a term of its anatomical site
+   in the same clause, in either order, at most :data:`SCOPE_WORDS` words apart with no other
+   mention between ("heart size increased", "thickening is observed in the interlobular
+   septa", "fluid in the pericardial space"); each modifier/site pairs with its nearest partner.
+   A single-word phrase of another finding used as the modifier yields ("pericardial thickening
+   and effusion" is not a pleural effusion);
+4. decide each mention's status with :mod:`medmm.knowledge.negex` (NegEx triggers before/after
+   within a clause, normal-size statements, a trigger between the two parts of a split mention);
+5. a generic mention is specialised when the clause also names (un-negated) the anatomical site
    of a more specific concept ("calcified plaques in the coronary arteries" -> coronary artery
    wall calcification);
-5. per label: 1 if some concept implying it (or itself) is mentioned positively, else
+6. per label: 1 if some concept implying it (or itself) is mentioned positively, else
    ``uncertain_as`` if mentioned with uncertainty, else 0. Implications therefore hold on the
    output (a positive consolidation is a positive lung opacity). When both sides of an exclusion
    are positive, the label excluded by more labels (the global "No abnormality" statement) yields
@@ -31,66 +34,20 @@ because those need spaCy models that medmm cannot download at run time.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rdflib import URIRef
+
+from medmm.knowledge import negex
+from medmm.knowledge.label_scores import clinical_efficacy_f1, label_f1  # noqa: F401  (re-exported)
+from medmm.knowledge.negex import NEGATED, POSITIVE, SCOPE_WORDS, UNCERTAIN  # noqa: F401  (re-exported)
 from medmm.knowledge.ontology import Ontology
 from medmm.labels import CT_RATE_FINDINGS
 
-POSITIVE, UNCERTAIN, NEGATED = "positive", "uncertain", "negated"
-#: A pre-mention trigger reaches at most this many words forward (a mention counts as one word).
-SCOPE_WORDS = 8
-
-_PRE_NEG = [
-    "no", "without", "negative for", "free of", "absence of", "no evidence of",
-    "no sign of", "no signs of", "no finding of", "no findings of", "no definite", "no suspicious",
-    "resolution of", "interval resolution of", "clear of", "nor", "neither",
-    "rules out", "excludes", "not", "none of",
-]
-_PRE_UNC = [
-    "possible", "possibly", "probable", "probably", "cannot exclude", "can not exclude",
-    "could not exclude", "cannot rule out", "can not rule out", "may represent", "may be",
-    "might represent", "might be", "could represent", "could be", "questionable", "equivocal",
-    "suspicious for", "suspected", "suspicion of", "suspicion for", "concern for", "concerning for",
-    "suggestive of", "suggesting", "differential diagnosis includes", "differential includes",
-    "rule out", "to rule out", "evaluate for", "versus", "vs", "or less likely",
-    "indeterminate", "not excluded",
-]
-_SEEN = (r"(?:seen|identified|detected|observed|present|evident|visuali[sz]ed|appreciated|"
-         r"demonstrated|noted|found|shown|visible|recognized)")
-_POST_NEG = [
-    rf"(?:is|are|was|were|has been|have been)? ?not {_SEEN}", rf"no longer {_SEEN}",
-    "no longer", "has resolved", "have resolved", "resolved", "is absent", "are absent", "absent",
-    "was excluded", "were excluded", "is excluded", "ruled out", "has disappeared", "disappeared",
-]
-_POST_UNC = [
-    "cannot be excluded", "can not be excluded", "could not be excluded", "cannot be ruled out",
-    "can not be ruled out", "is not excluded", "not excluded", "not ruled out", "is suspected",
-    "are suspected", "was suspected", "is questioned", "is possible", "are possible",
-    "is not certain", "cannot be differentiated", "may be present", "to be excluded",
-]
-_PSEUDO = [
-    "no change", "no interval change", "no significant change", "no significant interval change",
-    "no increase", "no significant increase", "without change", "without interval change",
-    "without significant change", "not only", "no further", "not change", "not changed",
-    "gram negative",
-]
-_TERMINATORS = [
-    "but", "however", "although", "though", "except", "except for", "aside from", "apart from",
-    "other than", "whereas", "while", "which", "nevertheless", "with the exception of",
-    "there is", "there are", "there was", "there were",
-]
-# Punctuation ends a scope too, and so does a comma that opens a new, positively described item
-# ("no effusion, mild atelectasis"); a bare comma does not, so lists stay negated ("no effusion,
-# nodule or consolidation").
-_PUNCT_TERMINATORS = [
-    r"[;:()]",
-    r", (?:and |with )?(?:mild|moderate|severe|small|large|minimal|minor|trace|extensive|diffuse|"
-    r"scattered|bilateral|multiple|several|few|a|an|marked|prominent|significant)(?![a-z0-9])",
-]
-# Triggers that work in both directions ("resolved consolidation" / "consolidation has resolved",
-# "no longer any effusion" / "effusion no longer", "atelectasis versus consolidation").
-_BIDIRECTIONAL = {"resolved", "absent", "ruled out", "no longer", "versus", "vs"}
+#: ``ct:reportModifier``: words that report a finding when written in the same clause as its
+#: anatomical site, in either order ("heart size increased", "interlobular septa are thickened").
+REPORT_MODIFIER = URIRef("https://w3id.org/medmm/chest-ct#reportModifier")
 
 
 @dataclass(frozen=True)
@@ -141,28 +98,21 @@ def _alternation(phrases: Sequence[str]) -> str:
     return r"(?<![a-z0-9])(?:" + "|".join(pats) + r")(?![a-z0-9])"
 
 
-def _trigger_regex() -> re.Pattern:
-    """One regex for all triggers; at a position the first group that matches wins, so groups run
-    from most to least specific ("no change" before "no", "cannot be excluded" before "excluded")."""
-    groups = []
-    for name, items in (("pseudo", _PSEUDO), ("post_unc", _POST_UNC), ("pre_unc", _PRE_UNC),
-                        ("post_neg", _POST_NEG), ("pre_neg", _PRE_NEG), ("term", _TERMINATORS)):
-        alts = "|".join(sorted(items, key=len, reverse=True))
-        groups.append(f"(?P<{name}>{alts})")
-    words = r"(?<![a-z0-9])(?:" + "|".join(groups) + r")(?![a-z0-9])"
-    punct = "(?P<term_punct>" + "|".join(_PUNCT_TERMINATORS) + ")"
-    return re.compile(words + "|" + punct)
+@dataclass(frozen=True)
+class _SplitRule:
+    """Split mentions of one finding: its modifier words and its (or a narrower finding's) site terms."""
 
-
-_TRIGGERS = _trigger_regex()
-_WORD = re.compile(r"[a-z0-9]+")
+    concept: str
+    modifier_re: re.Pattern
+    modifiers: frozenset[str]
+    sites: tuple[tuple[str, re.Pattern], ...]  # (concept named when this site is used, site regex)
 
 
 class ReportLabeler:
     """Label radiology report text with ontology findings (NegEx-style negation and uncertainty).
 
     Args:
-        ontology: the :class:`Ontology` whose labels and synonyms drive matching.
+        ontology: the :class:`Ontology` whose labels, synonyms, sites and report modifiers drive matching.
         labels: output labels (default: the 18 CT-RATE findings).
         uncertain_as: value for findings only mentioned with uncertainty: 1 (positive, the CT-RATE
             convention), 0 (negative) or -1 (unknown).
@@ -173,9 +123,9 @@ class ReportLabeler:
 
     >>> from medmm.knowledge import load_ontology
     >>> labeler = ReportLabeler(load_ontology())
-    >>> out = labeler("Right lower lobe consolidation. No pleural effusion.")
-    >>> out["Consolidation"], out["Lung opacity"], out["Pleural effusion"]
-    (1, 1, 0)
+    >>> out = labeler("Right lower lobe consolidation. No pleural effusion. Heart size increased.")
+    >>> out["Consolidation"], out["Lung opacity"], out["Pleural effusion"], out["Cardiomegaly"]
+    (1, 1, 0, 1)
     """
 
     def __init__(self, ontology: Ontology, labels: Sequence[str] = CT_RATE_FINDINGS, uncertain_as: int = 1):
@@ -191,33 +141,39 @@ class ReportLabeler:
             hits = [lab for lab in self.labels if lab == concept or ontology.implies(concept, lab)]
             if hits:
                 self._targets[concept] = hits
-        self._phrase_concept = self._phrases()
-        self._mention_re = re.compile(_alternation(list(self._phrase_concept)))
+        self._phrase_concepts = self._phrases()
+        self._mention_re = re.compile(_alternation(list(self._phrase_concepts)))
         self._phrase_res = [(p, re.compile(phrase_pattern(p)))
-                            for p in sorted(self._phrase_concept, key=len, reverse=True)]
+                            for p in sorted(self._phrase_concepts, key=len, reverse=True)]
         # Coordinated modifiers sharing a head noun: "pleural and pericardial effusions".
-        modifiers = {p.rsplit(" ", 1)[0] for p in self._phrase_concept if " " in p}
+        modifiers = {p.rsplit(" ", 1)[0] for p in self._phrase_concepts if " " in p}
         mods = "|".join(phrase_pattern(m) for m in sorted(modifiers, key=len, reverse=True))
         self._ellipsis_re = re.compile(rf"(?<![a-z0-9])(?P<mod>{mods})\s*(?:and/or|and|or|nor|,)\s+(?:and\s+|or\s+)?")
         self._specialise = self._site_rules()
+        self._split_rules = self._split_mention_rules()
         excluded_by = {lab: sum(ontology.excludes(lab, other) for other in self.labels) for lab in self.labels}
         self._exclusions = [(a, b) if excluded_by[a] >= excluded_by[b] else (b, a)
                             for i, a in enumerate(self.labels) for b in self.labels[i + 1:]
                             if ontology.excludes(a, b)]  # (yields, wins)
 
     def __repr__(self) -> str:
-        return f"ReportLabeler(labels={len(self.labels)}, phrases={len(self._phrase_concept)}, uncertain_as={self.uncertain_as})"
+        return (f"ReportLabeler(labels={len(self.labels)}, phrases={len(self._phrase_concepts)}, "
+                f"split_rules={len(self._split_rules)}, uncertain_as={self.uncertain_as})")
 
-    def _phrases(self) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def _phrases(self) -> dict[str, tuple[str, ...]]:
+        """phrase -> concepts it names. The same phrase on two concepts names both, unless one
+        implies the other (then the more specific one is enough)."""
+        found: dict[str, set[str]] = {}
         for concept in sorted(self._targets):
             for term in [concept, *self.ontology.synonyms(concept)]:
-                key = normalise(term)
-                other = out.get(key)
-                # The same phrase on two concepts: the more specific one (the one implying the other) wins.
-                if other is None or self.ontology.implies(concept, other):
-                    out[key] = concept
-        return out
+                found.setdefault(normalise(term), set()).add(concept)
+        return {phrase: tuple(sorted(c for c in concepts
+                                     if not any(o != c and self.ontology.implies(o, c) for o in concepts)))
+                for phrase, concepts in found.items()}
+
+    def _site_terms(self, site: str) -> list[str]:
+        onto = self.ontology
+        return [normalise(t) for s in [site, *onto.descendants(site)] for t in [s, *onto.synonyms(s)]]
 
     def _site_rules(self) -> dict[str, list[tuple[str, re.Pattern]]]:
         """generic concept -> [(specific concept, regex of its anatomical site terms)]."""
@@ -229,9 +185,26 @@ class ReportLabeler:
                 general_site = onto.anatomical_site(generic)
                 if site is None or general_site is None or not onto.implies(site, general_site):
                     continue  # only a strictly narrower site identifies the specific concept
-                terms = [t for s in [site, *onto.descendants(site)] for t in [s, *onto.synonyms(s)]]
-                regex = re.compile(_alternation([normalise(t) for t in terms]))
-                rules.setdefault(generic, []).append((specific, regex))
+                rules.setdefault(generic, []).append((specific, re.compile(_alternation(self._site_terms(site)))))
+        return rules
+
+    def _split_mention_rules(self) -> list[_SplitRule]:
+        """One rule per finding with ``ct:reportModifier`` words and an anatomical site. Terms of a
+        narrower site that belongs to a more specific finding name that finding ("calcification
+        ... coronary arteries" is coronary, "calcification ... aorta" arterial)."""
+        onto = self.ontology
+        rules = []
+        for concept in sorted(self._targets):
+            words = sorted({normalise(str(o)) for o in onto.rdf.objects(onto.iri(concept), REPORT_MODIFIER)})
+            site = onto.anatomical_site(concept)
+            if not words or site is None:
+                continue
+            narrower = [(specific, onto.anatomical_site(specific)) for specific in onto.descendants(concept) & set(self._targets)]
+            narrower = [(c, s) for c, s in narrower if s is not None and s != site and onto.implies(s, site)]
+            own = set(self._site_terms(site)) - {t for _, s in narrower for t in self._site_terms(s)}
+            sites = [(c, re.compile(_alternation(self._site_terms(s)))) for c, s in narrower]
+            sites.append((concept, re.compile(_alternation(sorted(own)))))
+            rules.append(_SplitRule(concept, re.compile(_alternation(words)), frozenset(words), tuple(sites)))
         return rules
 
     # ------------------------------------------------------------------------------ matching
@@ -243,16 +216,67 @@ class ReportLabeler:
         return out
 
     def _sentence_mentions(self, index: int, sentence: str) -> list[Mention]:
-        spans = [(m.start(), m.end(), self._phrase_concept[self._key(m.group(0))])
-                 for m in self._mention_re.finditer(sentence)]
+        spans = [(m.start(), m.end(), concept) for m in self._mention_re.finditer(sentence)
+                 for concept in self._phrase_concepts[self._key(m.group(0))]]
         spans = sorted(spans + self._elliptic(sentence, spans))
-        triggers = _triggers(sentence, [(s, e) for s, e, _ in spans])
+        triggers = negex.find_triggers(sentence, [(s, e) for s, e, _ in spans])
+        split = self._split_mentions(index, sentence, spans, triggers)
+        # a one-word phrase of another finding that a split mention uses as its modifier yields to it
+        modifier_of = {(ms, me): m.concept for m, (ms, me, _) in split}
+        spans = [(s, e, c) for s, e, c in spans if modifier_of.get((s, e), c) == c]
+        blocked = [(m.start, m.end) for m, _ in split if m.status == NEGATED]
         out = []
         for start, end, concept in spans:
-            status, trigger = _status(sentence, start, end, triggers, spans)
+            status, trigger = negex.status(sentence, start, end, triggers, spans)
             if status != NEGATED and concept in self._specialise:
-                concept = self._specialised(sentence, start, end, concept, triggers, spans)
+                concept = self._specialised(sentence, start, end, concept, triggers, spans, blocked)
             out.append(Mention(index, start, end, concept, status, trigger))
+        for mention, _ in split:
+            concept = mention.concept
+            if mention.status != NEGATED and concept in self._specialise:
+                concept = self._specialised(sentence, mention.start, mention.end, concept, triggers, spans, blocked)
+            out.append(Mention(index, mention.start, mention.end, concept, mention.status, mention.trigger))
+        return sorted(out, key=lambda m: (m.start, m.end, m.concept))
+
+    def _split_mentions(self, index, sentence, spans, triggers) -> list[tuple[Mention, tuple[int, int, str]]]:
+        """Split mentions (modifier + site term in one clause) with their status and modifier span."""
+        def inside_phrase(s: int, e: int) -> bool:
+            return any(ps <= s and e <= pe and (ps, pe) != (s, e) for ps, pe, _ in spans)
+
+        def gap_ok(a: tuple[int, int], b: tuple[int, int]) -> bool:
+            lo, hi = min(a[1], b[1]), max(a[0], b[0])
+            if lo > hi:
+                return False  # overlapping
+            if any(kind.startswith("term") and lo <= s and e <= hi for s, e, kind, _ in triggers):
+                return False
+            if any(lo <= s and e <= hi for s, e, _ in spans):
+                return False  # another finding is named in between
+            return negex.words_between(sentence, lo, hi, spans) <= SCOPE_WORDS
+
+        out = []
+        for rule in self._split_rules:
+            mods = [(m.start(), m.end()) for m in rule.modifier_re.finditer(sentence)]
+            mods = [m for m in mods if not inside_phrase(*m)]
+            if not mods:
+                continue
+            sites = [(m.start(), m.end(), c) for c, rx in rule.sites for m in rx.finditer(sentence)]
+            sites = [s for s in sites if not inside_phrase(s[0], s[1])]
+            pairs = set()
+            for mod in mods:
+                near = [(abs(mod[0] - s[0]), s) for s in sites if gap_ok(mod, s[:2])]
+                if near:
+                    pairs.add((mod, min(near)[1]))
+            for site in sites:
+                near = [(abs(m[0] - site[0]), m) for m in mods if gap_ok(m, site[:2])]
+                if near:
+                    pairs.add((min(near)[1], site))
+            for mod, (ss, se, concept) in sorted(pairs):
+                start, end = min(mod[0], ss), max(mod[1], se)
+                if any(s < end and start < e and (c == concept or self.ontology.implies(c, concept))
+                       for s, e, c in spans):
+                    continue  # a phrase mention of the finding already covers it
+                status, trigger = negex.status(sentence, start, end, triggers, spans, parts=[mod, (ss, se)])
+                out.append((Mention(index, start, end, concept, status, trigger), (mod[0], mod[1], rule.concept)))
         return out
 
     def _elliptic(self, sentence: str, spans) -> list[tuple[int, int, str]]:
@@ -265,25 +289,27 @@ class ReportLabeler:
                 continue
             head = self._key(sentence[m.end():end]).rsplit(" ", 1)[-1]
             phrase = f"{m.group('mod')} {head}"
-            if phrase in self._phrase_concept:
-                out.append((m.start(), m.end("mod"), self._phrase_concept[phrase]))
+            for concept in self._phrase_concepts.get(phrase, ()):
+                out.append((m.start(), m.end("mod"), concept))
         return out
 
     def _key(self, matched: str) -> str:
         """Map a matched surface form (maybe plural) back to its phrase."""
         matched = " ".join(matched.split())
-        if matched in self._phrase_concept:
+        if matched in self._phrase_concepts:
             return matched
         for phrase, regex in self._phrase_res:
             if regex.fullmatch(matched):
                 return phrase
         raise KeyError(matched)  # unreachable: every match comes from one of the phrases
 
-    def _specialised(self, sentence, start, end, concept, triggers, spans) -> str:
-        lo, hi = _clause(sentence, start, end, triggers)
+    def _specialised(self, sentence, start, end, concept, triggers, spans, blocked=()) -> str:
+        lo, hi = negex.clause(sentence, start, end, triggers)
         for specific, regex in self._specialise[concept]:
             for m in regex.finditer(sentence, lo, hi):
-                if _status(sentence, m.start(), m.end(), triggers, spans)[0] != NEGATED:
+                if any(s <= m.start() and m.end() <= e for s, e in blocked):
+                    continue  # the site is inside a negated split mention ("coronaries free of calcification")
+                if negex.status(sentence, m.start(), m.end(), triggers, spans)[0] != NEGATED:
                     return specific
         return concept
 
@@ -304,110 +330,3 @@ class ReportLabeler:
         return out
 
     __call__ = label
-
-
-def _triggers(sentence: str, spans: list[tuple[int, int]]) -> list[tuple[int, int, str, str]]:
-    """(start, end, kind, text) of triggers not overlapping a concept mention."""
-    out = []
-    for m in _TRIGGERS.finditer(sentence):
-        if any(m.start() < e and s < m.end() for s, e in spans):
-            continue
-        out.append((m.start(), m.end(), m.lastgroup, m.group(0)))
-    return out
-
-
-def _words_between(sentence: str, lo: int, hi: int, spans) -> int:
-    inner = [(s, e) for s, e, *_ in spans if lo <= s and e <= hi]
-    text = sentence[lo:hi]
-    for s, e in sorted(inner, reverse=True):  # a mention counts as one word
-        text = text[: s - lo] + " x " + text[e - lo:]
-    return len(_WORD.findall(text))
-
-
-def _status(sentence, start, end, triggers, spans) -> tuple[str, str | None]:
-    terms = [(s, e) for s, e, kind, _ in triggers if kind.startswith("term")]
-    best = None
-    for s, e, kind, text in triggers:
-        both = text in _BIDIRECTIONAL
-        if (kind.startswith("pre") or both) and e <= start:
-            if any(e <= ts and te <= start for ts, te in terms):
-                continue
-            if _words_between(sentence, e, start, spans) > SCOPE_WORDS:
-                continue
-            distance = start - e
-        elif (kind.startswith("post") or both) and s >= end:
-            if any(end <= ts and te <= s for ts, te in terms):
-                continue
-            # Backwards over a comma only from a list item ("consolidation, effusion ... not seen"),
-            # not from a finished clause ("opacities in both lungs, consolidation cannot be excluded").
-            comma = sentence.find(",", end, s)
-            if comma >= 0 and sentence[end:comma].strip():
-                continue
-            if _words_between(sentence, end, s, spans) > SCOPE_WORDS:
-                continue
-            distance = s - end
-        else:
-            continue
-        if best is None or distance < best[0]:
-            best = (distance, kind, text)
-    if best is None:
-        return POSITIVE, None
-    return (NEGATED if best[1].endswith("neg") else UNCERTAIN), best[2]
-
-
-def _clause(sentence, start, end, triggers) -> tuple[int, int]:
-    """Character range of the clause (between terminators) holding a mention."""
-    lo, hi = 0, len(sentence)
-    for s, e, kind, _ in triggers:
-        if not kind.startswith("term"):
-            continue
-        if e <= start:
-            lo = max(lo, e)
-        elif s >= end:
-            hi = min(hi, s)
-    return lo, hi
-
-
-def label_f1(predicted: Sequence[Mapping[str, int]], expected: Sequence[Mapping[str, int]],
-             labels: Sequence[str]) -> dict:
-    """Micro / macro / per-label precision, recall and F1 of binary label dicts.
-
-    Values other than 1 (0, -1) count as negative. Macro averages over labels with at least one
-    expected positive (labels absent from the reference set carry no information).
-
-    Returns:
-        ``{"micro": {...}, "macro": {...}, "per_label": {label: {precision, recall, f1, support}}, "n": N}``
-    """
-    from sklearn.metrics import precision_recall_fscore_support  # slow import, only needed here
-
-    if len(predicted) != len(expected):
-        raise ValueError(f"{len(predicted)} predictions but {len(expected)} references")
-    y_pred = [[int(p.get(lab, 0) == 1) for lab in labels] for p in predicted]
-    y_true = [[int(t.get(lab, 0) == 1) for lab in labels] for t in expected]
-    if not y_true:
-        raise ValueError("no reports to score")
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
-    per_label = {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                 for i, lab in enumerate(labels)}
-    mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
-    present = [lab for lab in labels if per_label[lab]["support"] > 0]
-    macro = {k: (sum(per_label[lab][k] for lab in present) / len(present) if present else 0.0)
-             for k in ("precision", "recall", "f1")}
-    return {"micro": {"precision": float(mp), "recall": float(mr), "f1": float(mf)},
-            "macro": macro, "per_label": per_label, "n": len(y_true)}
-
-
-def clinical_efficacy_f1(generated: Sequence[str], references: Sequence[str], labeler: ReportLabeler) -> dict:
-    """Clinical-efficacy F1: label generated and reference reports with the same labeler, compare.
-
-    Args:
-        generated: generated report texts.
-        references: reference report texts, same order.
-        labeler: the :class:`ReportLabeler` (its ``uncertain_as`` decides uncertain mentions).
-
-    Returns:
-        :func:`label_f1` dict (micro/macro/per-label precision, recall, F1).
-    """
-    if len(generated) != len(references):
-        raise ValueError(f"{len(generated)} generated reports but {len(references)} references")
-    return label_f1([labeler(t) for t in generated], [labeler(t) for t in references], labeler.labels)

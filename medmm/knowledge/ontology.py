@@ -105,10 +105,8 @@ class Ontology:
             self._closure = nx.transitive_closure_dag(self.graph)
 
     def __repr__(self) -> str:
-        return (f"Ontology({self.path.name!r}, concepts={self.graph.number_of_nodes()}, "
-                f"sha256={self.sha256[:12]}...)")
+        return f"Ontology({self.path.name!r}, concepts={self.graph.number_of_nodes()}, sha256={self.sha256[:12]}...)"
 
-    # ----------------------------------------------------------------------------------- lookup
     @property
     def labels(self) -> list[str]:
         """Every concept label, sorted."""
@@ -247,15 +245,8 @@ class Ontology:
         return self.rdf.query(sparql, initNs=init_ns, **kwargs)
 
     def check_compatible(self, stored_sha256: str | None, allow_mismatch: bool = False) -> bool:
-        """Check a checkpoint's stored ontology hash against this ontology.
-
-        Returns:
-            True when the hashes agree; False when they differ and ``allow_mismatch`` is set
-            (a warning is logged).
-
-        Raises:
-            MedmmConfigError: when they differ (or none was stored) and ``allow_mismatch`` is False.
-        """
+        """True when a run's stored ontology hash is this ontology's; on a mismatch a
+        `MedmmConfigError`, or (``allow_mismatch``) a logged warning and False."""
         if stored_sha256 == self.sha256:
             return True
         reason = (f"the model was trained with ontology sha256 {str(stored_sha256)[:12]}... but this "

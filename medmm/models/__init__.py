@@ -2,37 +2,35 @@
 
 Public API::
 
-    from medmm.models import MedMM, ModelConfig, save_checkpoint, load_checkpoint, fusion_text
+    from medmm.models import MedMM, ModelConfig, RunMeta, save_checkpoint, load_checkpoint, fusion_texts
 """
 
 from __future__ import annotations
 
+from medmm.config.network import ModelConfig, NetworkDerived
 from medmm.models.checkpoint import load_checkpoint, save_checkpoint
-from medmm.models.config import (
-    FusionConfig,
-    ImageEncoderConfig,
-    ModelConfig,
-    ReportGeneratorConfig,
-    TextEncoderConfig,
-)
-from medmm.models.fusion import FusionHead, fusion_text
+from medmm.models.derived import derive_network
+from medmm.models.fusion import FusionHead, fusion_text, fusion_texts
 from medmm.models.image_encoder import ImageEncoder
-from medmm.models.medmm import MedMM
+from medmm.models.medmm import MedMM, StepOutput
+from medmm.models.run_meta import RunMeta, read_run_meta
 from medmm.models.report_generator import ReportGenerator
 from medmm.models.text_encoder import TextEncoder
 
 __all__ = [
-    "FusionConfig",
     "FusionHead",
     "ImageEncoder",
-    "ImageEncoderConfig",
     "MedMM",
     "ModelConfig",
+    "NetworkDerived",
+    "RunMeta",
+    "StepOutput",
     "ReportGenerator",
-    "ReportGeneratorConfig",
     "TextEncoder",
-    "TextEncoderConfig",
+    "derive_network",
     "fusion_text",
+    "fusion_texts",
     "load_checkpoint",
+    "read_run_meta",
     "save_checkpoint",
 ]

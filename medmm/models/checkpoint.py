@@ -1,34 +1,32 @@
-"""Checkpoints: ``<name>.safetensors`` weights + ``medmm.json`` metadata. Never pickle.
+"""Checkpoints: ``<name>.safetensors`` weights + ``medmm.json`` (a `RunMeta`). Never pickle.
 
 safetensors cannot execute code on load, so a checkpoint from anywhere is safe to open; a file
 that turns out to be a pickle (``torch.save``) payload is refused, never unpickled. Frozen
-pretrained text-encoder weights are not copied into every checkpoint: the checkpoint records the
+pretrained text-encoder weights are not copied into every checkpoint: the `RunMeta` records the
 encoder's name/path and the sha256 of its weights file, and loading re-reads the pretrained files
 after checking that hash. Everything trained (including fine-tuned text-encoder layers) is saved.
-The model config and labels are stored both in the safetensors header (so each file is
-self-describing, e.g. ``best`` and ``last`` of one run) and in ``medmm.json``.
+
+Every fact lives in the `RunMeta`; a safetensors header carries only the label list, which
+loading compares with the `RunMeta` (weights of another run are refused).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from medmm.errors import MedmmInputError
-from medmm.models.config import ModelConfig
+from medmm.io.writers import atomic_write_bytes
 from medmm.models.lora import base_record, check_base
 from medmm.models.medmm import MedMM
 from medmm.models.pretrained import weights_sha256
+from medmm.models.run_meta import META_FILE, RUN_SCHEMA, RunMeta, read_run_meta  # noqa: F401  (re-exported)
 
-META_FILE = "medmm.json"
-_HEADER_KEY = "medmm_model"
+_HEADER_LABELS = "medmm_labels"
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save zip archive / raw pickle (protocol >= 2)
 
 
@@ -76,43 +74,9 @@ def _text_encoder_record(model: MedMM) -> dict[str, Any] | None:
     }
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"checkpoint meta value of type {type(obj).__name__} is not JSON-serialisable")
-
-
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MedmmInputError(path, f"cannot read checkpoint metadata ({type(err).__name__}: {err})") from None
-    if not isinstance(data, dict):
-        raise MedmmInputError(path, "checkpoint metadata must be a JSON object")
-    return data
-
-
-def save_checkpoint(
-    model: MedMM, directory: str | Path, name: str = "last", meta: Mapping[str, Any] | None = None
-) -> Path:
-    """Write ``<directory>/<name>.safetensors`` and merge ``meta`` into ``<directory>/medmm.json``.
+def save_checkpoint(model: MedMM, directory: str | Path, name: str, meta: RunMeta) -> Path:
+    """Write ``<directory>/<name>.safetensors`` and ``<directory>/medmm.json`` (``meta`` completed
+    with the text-encoder record, versions and the checkpoint list).
 
     Both writes are atomic (temporary file in the same folder, then ``os.replace``), so an
     interrupted save leaves the previous checkpoint intact.
@@ -121,17 +85,17 @@ def save_checkpoint(
         model: the model to save (a ``DistributedDataParallel`` wrapper is unwrapped).
         directory: run directory (created if missing).
         name: checkpoint name, e.g. ``"best"`` or ``"last"``.
-        meta: JSON-serialisable run metadata (thresholds, preprocessing, workflow, ...); merged
-            over the existing ``medmm.json`` together with the model config, labels and versions.
+        meta: the run's metadata; its labels must be the model's.
 
     Returns:
         Path of the written ``.safetensors`` file.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    if list(meta.labels) != list(model.labels):
+        raise ValueError(f"meta labels {meta.labels[:3]}... differ from the model's {model.labels[:3]}...")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     skipped = _skipped_keys(model)
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
@@ -143,27 +107,24 @@ def save_checkpoint(
             continue
         seen.add(ident)
         tensors[key] = value.detach().to("cpu").contiguous().clone()
-    info = {
-        "model": model.config.model_dump(mode="json"),
-        "labels": list(model.labels),
-        "text_encoder": _text_encoder_record(model),
-        "report_lm": base_record(model),
-    }
-    header = {"format": "pt", _HEADER_KEY: json.dumps(info)}
-    weights_path = directory / f"{name}.safetensors"
-    _atomic_write_bytes(weights_path, lambda tmp: save_file(tensors, tmp, metadata=header))
-
-    meta_path = directory / META_FILE
-    merged = _read_meta(meta_path) if meta_path.exists() else {}
-    checkpoints = dict(merged.get("checkpoints") or {})
-    checkpoints[name] = {"file": weights_path.name, "n_tensors": len(tensors)}
-    merged.update(dict(meta or {}))
-    merged.update(info)
-    merged["versions"] = _versions()
-    merged["checkpoints"] = checkpoints
-    text = json.dumps(merged, indent=2, default=_json_default)
-    _atomic_write_bytes(meta_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    header = {"format": "pt", _HEADER_LABELS: json.dumps(list(model.labels))}
+    weights_path = atomic_write_bytes(directory / f"{name}.safetensors", save(tensors, metadata=header))
+    previous = _existing_checkpoints(directory)
+    previous[name] = {"file": weights_path.name, "n_tensors": len(tensors)}
+    record = {**meta.model_dump(mode="json", by_alias=True), "text_encoder": _text_encoder_record(model),
+              "report_lm": base_record(model), "versions": _versions(), "checkpoints": previous}
+    meta = RunMeta.model_validate(record)  # so the file re-reads exactly as written
+    atomic_write_bytes(directory / META_FILE, meta.to_json().encode("utf-8"))
     return weights_path
+
+
+def _existing_checkpoints(directory: Path) -> dict[str, Any]:
+    """Checkpoint records of a run dir's current medmm.json (none when absent or unreadable)."""
+    try:
+        raw = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+        return {k: v for k, v in dict(raw.get("checkpoints") or {}).items() if (directory / v["file"]).is_file()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
 
 
 def _open_safetensors(path: Path) -> tuple[dict[str, str], list[str]]:
@@ -190,57 +151,47 @@ def _open_safetensors(path: Path) -> tuple[dict[str, str], list[str]]:
         raise MedmmInputError(path, f"not a valid safetensors file ({type(err).__name__}: {err})") from None
 
 
-def load_checkpoint(
-    directory: str | Path, name: str = "best", map_location: str | torch.device = "cpu"
-) -> tuple[MedMM, dict[str, Any]]:
-    """Rebuild a :class:`MedMM` from ``<directory>/<name>.safetensors`` (+ ``medmm.json``).
+def load_checkpoint(directory: str | Path, name: str = "best",
+                    map_location: str | torch.device = "cpu") -> tuple[MedMM, RunMeta]:
+    """Rebuild a :class:`MedMM` from ``<directory>/<name>.safetensors`` and its `RunMeta`.
 
-    Args:
-        directory: run directory written by :func:`save_checkpoint`.
-        name: checkpoint name (``"best"``, ``"last"``, ...).
-        map_location: device for the weights.
+    The whole ``medmm.json`` is validated before anything is allocated.
 
     Returns:
-        ``(model, meta)``: the model in eval mode and the ``medmm.json`` dictionary.
+        ``(model, meta)``: the model in eval mode and the run's `RunMeta`.
 
     Raises:
-        MedmmInputError: missing folder/file, a corrupt or non-safetensors file (pickle is refused),
-            unreadable metadata, weights that do not fit the stored config, or pretrained
-            text-encoder files that differ from those the checkpoint was trained with.
+        MedmmInputError: missing folder/file, invalid metadata (one line naming the field), a
+            corrupt or non-safetensors file (pickle is refused), labels in the weights that differ
+            from the metadata, weights that do not fit the config, or pretrained text-encoder
+            files that differ from those the run was trained with.
     """
-    from pydantic import ValidationError
     from safetensors.torch import load_file
 
     directory = Path(directory)
     if not directory.is_dir():
         raise MedmmInputError(directory, "checkpoint folder not found")
+    meta = read_run_meta(directory)
     path = directory / f"{name}.safetensors"
     if not path.is_file():
         available = sorted(p.stem for p in directory.glob("*.safetensors"))
         raise MedmmInputError(path, f"no checkpoint named {name!r}; available: {available or 'none'}")
     header, _ = _open_safetensors(path)
-    meta_path = directory / META_FILE
-    meta = _read_meta(meta_path) if meta_path.exists() else {}
-    try:
-        info = json.loads(header[_HEADER_KEY]) if _HEADER_KEY in header else meta
-        config = ModelConfig.model_validate(info["model"])
-        labels = list(info["labels"])
-    except (KeyError, TypeError, json.JSONDecodeError, ValidationError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise MedmmInputError(path, f"checkpoint has no usable model config/labels ({first})") from None
-
-    record = info.get("text_encoder") or {}
-    if record.get("saved") in ("none", "trainable") and record.get("weights_sha256"):
-        current = weights_sha256(record["name_or_path"])
-        if current != record["weights_sha256"]:
+    _check_header_labels(header, meta, path)
+    record = meta.text_encoder
+    if record is not None and record.saved in ("none", "trainable") and record.weights_sha256:
+        current = weights_sha256(record.name_or_path)
+        if current != record.weights_sha256:
             raise MedmmInputError(
                 path,
-                f"text encoder {record['name_or_path']!r} has different weights (sha256 {str(current)[:12]}...) "
-                f"from those this checkpoint was trained with ({record['weights_sha256'][:12]}...)",
+                f"text encoder {record.name_or_path!r} has different weights (sha256 {str(current)[:12]}...) "
+                f"from those this checkpoint was trained with ({record.weights_sha256[:12]}...)",
             )
-
-    check_base(info.get("report_lm"), path)
-    model = MedMM(config, labels)
+    check_base(meta.report_lm.model_dump() if meta.report_lm is not None else None, path)
+    try:
+        model = MedMM(meta.network, meta.labels, meta.network_derived)
+    except ValueError as err:
+        raise MedmmInputError(directory / META_FILE, f"network cannot be built ({str(err).splitlines()[0]})") from None
     tensors = load_file(str(path), device="cpu")
     try:
         result = model.load_state_dict(tensors, strict=False)
@@ -258,4 +209,21 @@ def load_checkpoint(
     ]
     if missing:
         raise MedmmInputError(path, f"missing weights {missing[:3]} (of {len(missing)}) for the stored model config")
-    return model.to(map_location).eval(), (meta or dict(info))
+    return model.to(map_location).eval(), meta
+
+
+def _check_header_labels(header: dict[str, str], meta: RunMeta, path: Path) -> None:
+    """The weights' label list (safetensors header) must be the run's, in the same order."""
+    raw = header.get(_HEADER_LABELS)
+    if raw is None:
+        raise MedmmInputError(path, "weights carry no label list (not written by medmm's save_checkpoint)")
+    try:
+        labels = json.loads(raw)
+    except json.JSONDecodeError:
+        raise MedmmInputError(path, "weights header has an unreadable label list") from None
+    if labels != meta.labels:
+        if sorted(map(str, labels)) == sorted(meta.labels):
+            raise MedmmInputError(path, "labels in the weights are in another order than in medmm.json "
+                                        "(the logits would be assigned to the wrong findings)")
+        raise MedmmInputError(path, f"weights were trained for {len(labels)} other labels than medmm.json's "
+                                    f"{len(meta.labels)}; this file belongs to another run")

@@ -16,10 +16,12 @@ With ``use_text: false`` the head is an image-only MLP.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from medmm.models.config import FusionConfig
+from medmm.config.network import FusionConfig
 
 
 def fusion_text(report: str | None, indication: str | None = None) -> str:
@@ -33,6 +35,21 @@ def fusion_text(report: str | None, indication: str | None = None) -> str:
     report = (report or "").strip()
     indication = (indication or "").strip()
     return f"Indication: {indication}\n{report}" if indication else report
+
+
+def fusion_texts(reports: Sequence[str] | None, indications: Sequence[str | None], use_generated_report: bool,
+                 use_indication: bool) -> list[str]:
+    """Fusion-head texts of a batch (`fusion_text` of each), with the run's ``text`` settings.
+
+    Args:
+        reports: reports the model generated for these images (ignored when not used).
+        indications: clinical indications (``""``/None when absent).
+        use_generated_report / use_indication: which parts the workflow feeds to the fusion head.
+    """
+    n = len(indications)
+    reports = list(reports) if use_generated_report and reports is not None else [""] * n
+    indications = list(indications) if use_indication else [""] * n
+    return [fusion_text(r, i or None) for r, i in zip(reports, indications)]
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from medmm.errors import MedmmConfigError, MedmmInputError
-from medmm.models.config import LoraConfig
+from medmm.config.network import LoraConfig
 from medmm.models.pretrained import weights_sha256
 
 

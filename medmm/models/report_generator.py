@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmm.config.network import ReportGeneratorConfig
 from medmm.errors import MedmmConfigError
-from medmm.models.config import ReportGeneratorConfig
 from medmm.models.grounding import FindingsPrompt, finding_states, noisy_findings
 from medmm.models.pretrained import load_causal_lm, load_tokenizer
 from medmm.models.report_tokens import (  # noqa: F401  (re-exported: the generator's public helpers)
@@ -45,10 +45,11 @@ class ReportGenerator(nn.Module):
         image_dim: width ``D`` of the image tokens.
         tokenizer: tokenizer to reuse for the from-scratch decoder (the text encoder's); a loaded
             LM always uses its own.
+        vocab_ids: the from-scratch decoder's vocabulary (`NetworkDerived.vocab_ids`; None = all).
     """
 
-    def __init__(self, cfg: ReportGeneratorConfig, image_dim: int, tokenizer: Any, n_findings: int = 0,
-                 n_image_tokens: int = 0):
+    def __init__(self, cfg: ReportGeneratorConfig, image_dim: int, tokenizer: Any,
+                 vocab_ids: Sequence[int] | None = None, n_findings: int = 0, n_image_tokens: int = 0):
         super().__init__()
         self.cfg = cfg
         if cfg.name_or_path is None and cfg.grounding == "findings":
@@ -63,7 +64,7 @@ class ReportGenerator(nn.Module):
             from transformers import GPT2Config, GPT2LMHeadModel
 
             self.tokenizer = tokenizer
-            self._compact_vocabulary(cfg.vocab_ids)
+            self._compact_vocabulary(vocab_ids)
             lm_config = GPT2Config(
                 vocab_size=self.vocab_size,
                 n_positions=cfg.n_positions,

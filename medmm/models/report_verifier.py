@@ -279,7 +279,7 @@ def write_verified_reports(model: Any, tokens: torch.Tensor, decisions: torch.Te
     """
     states = decisions.float().to(tokens.device) if is_grounded(model) else None
     if drafts is None:
-        drafts = model.generate_reports(tokens) if states is None else model.generate_reports(tokens, findings=states)
+        drafts = model.generate_reports(tokens) if states is None else model.generate_reports(tokens, findings_probs=states)
     return [verifier.verify(draft, [bool(v) for v in decisions[i].tolist()], tokens[i:i + 1],
                             None if states is None else states[i:i + 1])
             for i, draft in enumerate(drafts)]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmm.errors import MedmmConfigError
-from medmm.models.config import TextEncoderConfig
+from medmm.config.network import TextEncoderConfig
 from medmm.models.pretrained import load_encoder, load_tokenizer
 
 #: Attribute paths where transformers encoders keep their stack of layers.

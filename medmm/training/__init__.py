@@ -8,8 +8,8 @@ Overrides are dotted workflow keys; as keyword arguments the dots are written ``
 (``training__epochs=1`` = ``--set training.epochs=1``), or pass ``overrides={"training.epochs": 1}``.
 """
 
-from medmm.training.adversarial import perturb
+from medmm.models.adversarial import perturb
 from medmm.training.engine import Run, train
-from medmm.training.rundir import hash_patient_id
+from medmm.models.run_meta import hash_patient_id
 
 __all__ = ["Run", "train", "perturb", "hash_patient_id"]

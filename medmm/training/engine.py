@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,15 +26,16 @@ import yaml
 
 from medmm.config import WorkflowConfig, load_workflow
 from medmm.errors import MedmmConfigError
+from medmm.io.writers import atomic_write_text
 from medmm.training import distributed, rundir
-from medmm.training.adversarial import perturb
-from medmm.training.histogram_cache import HistogramCache
-from medmm.training.losses import label_fraction_mask, masked_bce, resolve_pos_weight
+from medmm.training.epoch import TrainEpoch
+from medmm.training.losses import label_fraction_mask, resolve_pos_weight
 from medmm.training.optim import build_optimizer, build_scheduler
 from medmm.models.calibration import calibrate_and_choose
-from medmm.training.validation import choose_thresholds, fusion_texts, predict, validation_metrics
-
-RUN_FORMAT = "medmm-run/1"
+from medmm.training.outputs import RunOutputs
+from medmm.training.reference import reference_profile
+from medmm.training.texts import TrainTexts
+from medmm.training.validation import choose_thresholds, predict, validation_metrics
 
 
 @dataclass
@@ -60,11 +60,11 @@ class Run:
     model: Any = field(default=None, repr=False)
 
     @property
-    def meta(self) -> dict[str, Any]:
-        """The run's ``medmm.json``."""
-        import json
+    def meta(self) -> Any:
+        """The run's `medmm.models.RunMeta` (its ``medmm.json``)."""
+        from medmm.models import read_run_meta
 
-        return json.loads((self.run_dir / "medmm.json").read_text(encoding="utf-8"))
+        return read_run_meta(self.run_dir)
 
 
 def train(config_or_path: str | Path | Mapping[str, Any] | WorkflowConfig | None = None,
@@ -126,8 +126,12 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Trainer:
-    """Holds the pieces of one run; `fit` runs it. Use `train` rather than this class directly."""
+class Trainer(TrainTexts, TrainEpoch, RunOutputs):
+    """Holds the pieces of one run; `fit` runs it. Use `train` rather than this class directly.
+
+    Set-up, the epoch loop and resuming live here; fusion texts (`TrainTexts`), the optimisation
+    of an epoch (`TrainEpoch`) and the run's files (`RunOutputs`) in their own modules.
+    """
 
     def __init__(self, cfg: WorkflowConfig, run_dir: str | Path | None, resume: bool,
                  device: str | torch.device | None, verbose: bool):
@@ -151,7 +155,7 @@ class Trainer:
     def _setup(self) -> None:
         from medmm.data.dataset import augmented, build_dataset, label_matrix, load_cases, split_cases
         from medmm.knowledge import load_ontology
-        from medmm.models import MedMM
+        from medmm.models import MedMM, derive_network
 
         cfg, t = self.cfg, self.cfg.training
         _seed_all(cfg.seed)
@@ -170,11 +174,13 @@ class Trainer:
 
         self.ontology = load_ontology(cfg.ontology.path, labels=self.labels)
         self.constraints = self.ontology.constraints(self.labels).to(self.device)
-        self._resolve_report_vocabulary(splits["train"])
         self._resolve_report_length(splits["train"])
-        self.model = MedMM(cfg.network, self.labels).to(self.device)
+        self.derived = derive_network(cfg.network, cfg.preprocessing, [c.report or "" for c in splits["train"]])
+        self.model = MedMM(cfg.network, self.labels, self.derived).to(self.device)
         distributed.broadcast_parameters(self.model, self.dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.reference = reference_profile(self.train_base, label_matrix(splits["val"], self.labels), self.labels,
+                                           cfg.preprocessing) if self.writes else None
 
         self.label_mask = label_fraction_mask(len(splits["train"]), len(self.labels), t.label_fraction, cfg.seed)
         train_labels = label_matrix(splits["train"], self.labels)
@@ -186,24 +192,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        # histogram channels of images that are the same every epoch (medmm.training.histogram_cache)
-        budget = t.histogram_cache_mb * 2**20
-        fixed_train = budget > 0 and not cfg.preprocessing.augmentation.enabled
-        self.train_histograms = HistogramCache(self.model.image_encoder, budget // 2) if fixed_train else None
-        self.val_histograms = HistogramCache(self.model.image_encoder, budget // 2) if budget > 0 else None
-
-    def _resolve_report_vocabulary(self, train_cases: list[Any]) -> None:
-        """Fill ``network.report_generator.vocab_ids`` with the tokens of the training reports
-        (``vocabulary: training_reports``); the resolved list is saved with the run's config, so a
-        resumed run and every checkpoint rebuild the same decoder."""
-        from medmm.models.pretrained import load_tokenizer
-        from medmm.models.report_generator import report_vocabulary
-
-        generator = self.cfg.network.report_generator
-        if generator.name_or_path is not None or generator.vocabulary != "training_reports" or generator.vocab_ids:
-            return
-        tokenizer = load_tokenizer(self.cfg.network.text_encoder.name_or_path)
-        generator.vocab_ids = report_vocabulary([c.report or "" for c in train_cases], tokenizer)
+        self.model.cache_fixed_inputs(True)  # the same un-augmented images recur every epoch
 
     def _resolve_report_length(self, train_cases: list[Any]) -> None:
         """Report length limits from the training reports (``medmm.models.report_length``)."""
@@ -265,7 +254,7 @@ class Trainer:
             progress, history = self._restore()
         elif self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            rundir.atomic_write(self.run_dir / rundir.WORKFLOW_FILE,
+            atomic_write_text(self.run_dir / rundir.WORKFLOW_FILE,
                                 yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False))
         self.report_cache: dict[str, str] = dict(progress["report_cache"])
         self.text_embeddings: dict[str, torch.Tensor] = {}
@@ -292,7 +281,7 @@ class Trainer:
                 t2 = time.perf_counter()
                 self._clear_text_cache()
                 pred = predict(self.model, self._eval_loader(self.val_set), self.device,
-                               t.text.use_generated_report, t.text.use_indication, self.amp, self.val_histograms)
+                               t.text.use_generated_report, t.text.use_indication, self.amp)
                 val = validation_metrics(pred, self.labels, self.eval_labels, self.constraints)
                 thresholds, calibration = calibrate_and_choose(  # issue 16: calibrated, sane thresholds
                     pred["logits"], pred["labels"], self.labels,
@@ -344,210 +333,6 @@ class Trainer:
         progress = rundir.load_state(self.run_dir, self.optimizer, self.scheduler, self.scaler)
         history = rundir.read_jsonl(self.run_dir / rundir.METRICS_FILE)[: progress["epoch"]]
         if self.writes:
-            rundir.atomic_write(self.run_dir / rundir.WORKFLOW_FILE,
+            atomic_write_text(self.run_dir / rundir.WORKFLOW_FILE,
                                 yaml.safe_dump(self.cfg.to_yaml_dict(), sort_keys=False))
         return progress, history
-
-    @property
-    def _text_frozen(self) -> bool:
-        encoder = self.model.text_encoder
-        return encoder is not None and not any(p.requires_grad for p in encoder.parameters())
-
-    def _clear_text_cache(self) -> None:
-        """Drop the model's cached text embeddings before validation, so validation encodes its
-        texts in its own batches whatever happened before (batch padding changes the last bits):
-        resumed and uninterrupted runs then agree exactly."""
-        if self.model.text_encoder is not None:
-            self.model.text_encoder.clear_cache()
-
-    def _train_texts(self, cases: list[Any]) -> list[str]:
-        text = self.cfg.training.text
-        reports = [self.report_cache.get(c.case_id, "") for c in cases] if text.use_generated_report else None
-        return fusion_texts(reports, [c.indication or "" for c in cases], text.use_generated_report,
-                            text.use_indication)
-
-    @torch.no_grad()
-    def _encode_train_texts(self) -> dict[str, torch.Tensor]:
-        """Fusion-text embeddings of all training cases (frozen text encoder), encoded once per
-        report refresh in fixed chunks so the values never depend on batch history."""
-        cases = self.splits["train"]
-        texts = self._train_texts(cases)
-        self._clear_text_cache()
-        size = self.cfg.training.batch_size
-        out: dict[str, torch.Tensor] = {}
-        for start in range(0, len(cases), size):
-            emb = self.model.encode_text(texts[start:start + size])
-            out.update({c.case_id: e for c, e in zip(cases[start:start + size], emb.detach())})
-        return out
-
-    # ------------------------------------------------------------------------------ one epoch
-    def _generate_train_reports(self) -> dict[str, str]:
-        """Reports the current model writes for the (un-augmented) training images."""
-        cache: dict[str, str] = {}
-        self.model.eval()
-        with torch.no_grad():
-            for batch in self._eval_loader(self.train_base):
-                with torch.autocast(device_type=self.device.type, enabled=self.amp):
-                    _, tokens = self.model.embed(self.model.feature_map(batch["image"].to(self.device)))
-                    reports = self.model.generate_reports(tokens)
-                cache.update(zip(batch["case_id"], reports))
-        self.model.train()
-        return cache
-
-    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], dict[str, float]]:
-        from tqdm.auto import tqdm
-
-        t = self.cfg.training
-        loader = self._train_loader(epoch)
-        adv_rng = torch.Generator().manual_seed(self.cfg.seed * 31 + epoch)  # same on every rank
-        sums = {"loss": 0.0, "bce": 0.0, "kr": 0.0, "lm": 0.0, "adv": 0.0}
-        data_s = compute_s = 0.0
-        n = 0
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
-                   disable=None if (self.verbose and self.writes) else True, file=sys.stderr)
-        tick = time.perf_counter()
-        for i, batch in enumerate(loader):
-            got = time.perf_counter()
-            data_s += got - tick
-            adversarial = t.adversarial.method != "none" and float(torch.rand((), generator=adv_rng)) < t.adversarial.fraction
-            loss, parts = self._batch_loss(batch, adversarial)
-            self.scaler.scale(loss / t.grad_accum).backward()
-            if (i + 1) % t.grad_accum == 0 or i + 1 == len(loader):
-                self._optimizer_step()
-            for key, value in parts.items():
-                sums[key] += value
-            sums["adv"] += float(adversarial)
-            n += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.3f}")
-            tick = time.perf_counter()
-            compute_s += tick - got
-        bar.close()
-        stats = {f"train_{k}": v / max(1, n) for k, v in sums.items()}
-        stats = distributed.mean_scalars(stats, self.dist, self.device)
-        stats["train_adv_fraction"] = stats.pop("train_adv")
-        timing = {"data_s": data_s, "compute_s": compute_s, "steps": n,
-                  "data_fraction": data_s / max(1e-9, data_s + compute_s)}
-        return stats, timing
-
-    def _batch_loss(self, batch: Mapping[str, Any], adversarial: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of one micro-batch (BCE + KR + LM), optionally on adversarial images."""
-        from medmm.knowledge import knowledge_loss
-
-        cfg, text_cfg, model = self.cfg, self.cfg.training.text, self.model
-        x, y = batch["image"].to(self.device), batch["label"].to(self.device)
-        mask = self.label_mask[batch["index"]].to(self.device)
-        reports = [self.report_cache.get(cid, "") for cid in batch["case_id"]] if text_cfg.use_generated_report else None
-        texts = fusion_texts(reports, batch["indication"], text_cfg.use_generated_report, text_cfg.use_indication)
-        with torch.autocast(device_type=self.device.type, enabled=self.amp):
-            if not model.uses_text:
-                text_emb = None
-            elif self._text_frozen:
-                text_emb = torch.stack([self.text_embeddings[cid] for cid in batch["case_id"]]).to(self.device)
-            else:
-                text_emb = model.encode_text(texts)
-            if adversarial:
-                x = self._adversarial(x, y, mask, text_emb)
-            cached = None if adversarial or self.train_histograms is None else \
-                self.train_histograms.lookup(x, batch["case_id"])
-            pooled, tokens = model.embed(model.feature_map(x, cached))
-            logits = model.classify(pooled, text_emb, tokens).float()
-            bce = masked_bce(logits, y, mask, self.pos_weight)
-            kr = knowledge_loss(torch.sigmoid(logits), self.constraints, cfg.ontology.kr_form)
-            loss = bce + cfg.ontology.kr_weight * kr
-            lm = torch.zeros((), device=self.device)
-            targets = [i for i, r in enumerate(batch["report"]) if r][: cfg.network.report_generator.reports_per_batch]
-            if cfg.loss.lm_weight > 0 and targets:
-                lm = model.report_loss(tokens[targets], [batch["report"][i] for i in targets],
-                                       y.masked_fill(mask == 0, -1)[targets])  # grounding: visible labels only
-                loss = loss + cfg.loss.lm_weight * lm
-        parts = {"loss": float(loss.detach()), "bce": float(bce.detach()), "kr": float(kr.detach()),
-                 "lm": float(lm.detach())}
-        return loss, parts
-
-    def _adversarial(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                     text_emb: torch.Tensor | None) -> torch.Tensor:
-        """FGSM/PGD images within ``eps_hu`` for fixed text (model in eval mode so BN statistics
-        stay clean)."""
-        from medmm.data.transforms import hu_to_intensity_eps
-
-        adv, pre, model = self.cfg.training.adversarial, self.cfg.preprocessing, self.model
-        text_emb = None if text_emb is None else text_emb.detach()
-
-        def attack_loss(z: torch.Tensor) -> torch.Tensor:
-            pooled, tokens = model.embed(model.feature_map(z))
-            return masked_bce(model.classify(pooled, text_emb, tokens).float(), y, mask, self.pos_weight)
-
-        step = None if adv.step_size_hu is None else hu_to_intensity_eps(adv.step_size_hu, pre)
-        model.eval()
-        try:
-            return perturb(attack_loss, x, adv.method, hu_to_intensity_eps(adv.eps_hu, pre), adv.steps, step,
-                           bounds=tuple(pre.intensity_range) if pre.clip else None)
-        finally:
-            model.train()
-
-    def _optimizer_step(self) -> None:
-        self.scaler.unscale_(self.optimizer)
-        distributed.average_gradients(self.params, self.dist)
-        if self.cfg.optimizer.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optimizer.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        distributed.broadcast_buffers(self.model, self.dist)
-        self.global_step += 1
-
-    # ------------------------------------------------------------------------------ outputs
-    def _meta(self, progress: Mapping[str, Any]) -> dict[str, Any]:
-        return rundir.run_meta(self.cfg, self.run_dir, self.labels, self.eval_labels, self.ontology, self.splits,
-                               progress, RUN_FORMAT)
-
-    def _save_checkpoints(self, progress: Mapping[str, Any], improved: bool) -> None:
-        from medmm.models import save_checkpoint
-
-        meta = self._meta(progress)
-        if improved:
-            save_checkpoint(self.model, self.run_dir, "best", meta)
-        save_checkpoint(self.model, self.run_dir, "last", meta)
-
-    def _save_epoch(self, record: dict[str, Any], history: list[dict[str, Any]], progress: dict[str, Any],
-                    improved: bool, timing: dict[str, float], tb: Any) -> None:
-        if not self.writes:
-            return
-        self._save_checkpoints(progress, improved)
-        rundir.write_jsonl(self.run_dir / rundir.METRICS_FILE, history)
-        timings = rundir.read_jsonl(self.run_dir / rundir.TIMING_FILE)[: record["epoch"] - 1] + [timing]
-        rundir.write_jsonl(self.run_dir / rundir.TIMING_FILE, timings)
-        rundir.save_state(self.run_dir, self.optimizer, self.scheduler, self.scaler, progress)
-        rundir.atomic_write(self.run_dir / rundir.CARD_FILE, rundir.model_card(self.cfg.name, self._meta(progress), history))
-        if tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    tb.add_scalar(key, value, record["epoch"])
-            for label, value in record.get("val_auroc", {}).items():
-                tb.add_scalar(f"val_auroc/{label}", value, record["epoch"])
-            tb.add_scalar("time/data_fraction", timing["data_fraction"], record["epoch"])
-            tb.flush()
-        self._print_row(record, timing)
-
-    def _tensorboard(self):
-        if not self.writes:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(log_dir=str(self.run_dir / "tb"))
-
-    def _echo(self, text: str) -> None:
-        if self.verbose and self.writes:
-            from tqdm.auto import tqdm
-
-            tqdm.write(text)
-
-    def _print_row(self, record: Mapping[str, Any], timing: Mapping[str, float]) -> None:
-        if not self._header_printed:
-            self._header_printed = True
-            self._echo(rundir.EPOCH_HEADER)
-        self._echo(rundir.epoch_row(record, timing))

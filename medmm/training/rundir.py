@@ -4,8 +4,9 @@ Layout (``medmm train`` / `medmm.training.train`)::
 
     <run_dir>/
       workflow.yaml        fully resolved workflow the run used (re-loadable with load_workflow)
-      medmm.json           checkpoint metadata (labels, thresholds, preprocessing, inferer,
-                           ontology sha256, data split patient-id hashes, versions, metrics)
+      medmm.json           the run's RunMeta (medmm.models.run_meta, schema medmm.run/2): resolved
+                           workflow, thresholds, derived network values, ontology hash, split
+                           patient-id hashes, versions, metrics, reference statistics
       best.safetensors     weights with the best validation macro AUROC
       last.safetensors     weights after the latest epoch (or at Ctrl-C)
       metrics.jsonl        one JSON object per epoch (deterministic: no wall-clock values)
@@ -21,11 +22,8 @@ to ``optimizer.<param index>.<name>`` keys and everything else goes to JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medmm.io.writers import atomic_write_bytes
+from medmm.io.writers import atomic_write_bytes, atomic_write_text
+from medmm.models.run_meta import hash_patient_id
 
 STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
@@ -45,14 +44,9 @@ CARD_FILE = "model_card.md"
 
 
 # ------------------------------------------------------------------------------- atomic writes
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write text (UTF-8) or bytes atomically via :func:`medmm.io.writers.atomic_write_bytes`."""
-    return atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
-
-
 def write_jsonl(path: str | Path, records: list[Mapping[str, Any]]) -> Path:
     """Rewrite a JSON-lines file with ``records`` (atomic; sorted keys so output is reproducible)."""
-    return atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    return atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -71,15 +65,6 @@ def default_run_dir(run_root: str | Path, name: str) -> Path:
     while candidate.exists():
         candidate, i = Path(f"{base}-{i}"), i + 1
     return candidate
-
-
-def hash_patient_id(patient_id: str) -> str:
-    """Pseudonymous key of a patient id as stored in ``medmm.json`` (``data.patient_id_sha256``).
-
-    Run directories are shared artefacts, so they hold no patient ids; evaluation hashes the ids
-    of its manifest with this function and refuses scans whose hash is in the training split.
-    """
-    return hashlib.sha256(f"medmm-patient:{patient_id}".encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------- resume state
@@ -137,25 +122,17 @@ def set_rng_state(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) 
 def save_state(run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                progress: Mapping[str, Any]) -> None:
     """Write ``state.safetensors`` + ``state.json`` (JSON last: its presence marks a complete state)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     run_dir = Path(run_dir)
     opt_tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
     rng_tensors, rng_info = rng_state()
     tensors = {**opt_tensors, **rng_tensors}
     scaler_state = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{STATE_TENSORS}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, run_dir / STATE_TENSORS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(run_dir / STATE_TENSORS, save(tensors))
     info = {"optimizer": opt_info, "scheduler": _jsonable(scheduler.state_dict()), "scaler": scaler_state,
             "rng": rng_info, **progress}
-    atomic_write(run_dir / STATE_JSON, json.dumps(_jsonable(info), indent=1, sort_keys=True))
+    atomic_write_text(run_dir / STATE_JSON, json.dumps(_jsonable(info), indent=1, sort_keys=True))
 
 
 def load_state(run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> dict[str, Any]:
@@ -190,37 +167,35 @@ def _jsonable(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- metadata, table
-def run_meta(cfg: Any, run_dir: Path, labels: list[str], eval_labels: list[str], ontology: Any,
-             splits: Mapping[str, list[Any]], progress: Mapping[str, Any], run_format: str) -> dict[str, Any]:
-    """The run's ``medmm.json`` content (merged by ``save_checkpoint`` with model/versions)."""
+def run_meta(cfg: Any, run_dir: Path, derived: Any, ontology: Any, splits: Mapping[str, list[Any]],
+             progress: Mapping[str, Any], reference: Any = None) -> Any:
+    """The run's `medmm.models.RunMeta` (``save_checkpoint`` adds text-encoder record and versions)."""
+    from medmm.models.run_meta import RunMeta
+
     best = progress.get("best") or {}
-    return {
-        "format": run_format,
-        "name": cfg.name,
-        "run_id": Path(run_dir).name,
-        "labels": labels,
-        "eval_labels": eval_labels,
-        "thresholds": best.get("thresholds") or {label: 0.5 for label in labels},
-        "threshold_rule": cfg.training.threshold_rule,
-        "calibration": best.get("calibration"),  # issue 16: medmm.models.calibration record
-        "preprocessing": cfg.preprocessing.model_dump(mode="json"),
-        "inferer": cfg.inferer.model_dump(mode="json"),
-        "text": {"use_generated_report": cfg.training.text.use_generated_report,
-                 "use_indication": cfg.training.text.use_indication},
-        "ontology": {"path": str(ontology.path), "sha256": ontology.sha256},
-        "ontology_sha256": ontology.sha256,
-        "workflow": cfg.to_yaml_dict(),
-        "data": {
+    labels = list(cfg.data.labels)
+    thresholds = best.get("thresholds") or {label: 0.5 for label in labels}
+    return RunMeta(
+        name=cfg.name,
+        run_id=Path(run_dir).name,
+        workflow=cfg,
+        network_derived=derived,
+        thresholds={label: thresholds[label] for label in labels},
+        threshold_rule=cfg.training.threshold_rule if best.get("thresholds") else "fixed",
+        calibration=best.get("calibration"),  # issue 16: medmm.models.calibration record
+        ontology={"path": None if cfg.ontology.path is None else str(cfg.ontology.path), "sha256": ontology.sha256},
+        data={
             "source": cfg.data.source,
             "n_cases": {name: len(cases) for name, cases in splits.items()},
-            "patient_id_hash": "sha256('medmm-patient:' + patient_id); see medmm.training.hash_patient_id",
             "patient_id_sha256": {name: sorted({hash_patient_id(c.patient_id) for c in cases})
                                   for name, cases in splits.items()},
         },
-        "best_epoch": best.get("epoch"),
-        "last_epoch": progress.get("epoch"),
-        "metrics": best.get("metrics", {}),
-    }
+        best_epoch=best.get("epoch"),
+        last_epoch=progress.get("epoch"),
+        metrics=best.get("metrics", {}),
+        model_history=[{"action": "trained", "details": {"epochs": progress.get("epoch")}}],
+        reference=reference,
+    )
 
 
 EPOCH_HEADER = (f"{'epoch':>5} {'loss':>8} {'bce':>7} {'kr':>7} {'lm':>7} {'val_auc':>8} "
@@ -239,8 +214,9 @@ def epoch_row(record: Mapping[str, Any], timing: Mapping[str, float]) -> str:
 
 
 # -------------------------------------------------------------------------------- model card
-def model_card(name: str, meta: Mapping[str, Any], history: list[Mapping[str, Any]]) -> str:
-    """Markdown summary of a run: data, protocol and validation metrics of the best epoch."""
+def model_card(name: str, run: Any, history: list[Mapping[str, Any]]) -> str:
+    """Markdown summary of a run (its `RunMeta`): data, protocol and validation metrics of the best epoch."""
+    meta = {**run.model_dump(mode="json"), "labels": run.labels, "eval_labels": run.eval_labels}
     best = meta.get("metrics", {})
     thresholds = meta.get("thresholds", {})
     per_label = best.get("val_auroc", {})

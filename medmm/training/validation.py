@@ -19,30 +19,11 @@ import numpy as np
 import torch
 
 
-def fusion_texts(reports: Sequence[str] | None, indications: Sequence[str], use_generated_report: bool,
-                 use_indication: bool) -> list[str]:
-    """Fusion-head texts for a batch via `medmm.models.fusion_text` (the one shared format).
-
-    Args:
-        reports: reports the model generated for these images (None/ignored when not used).
-        indications: clinical indications (``""`` when absent).
-        use_generated_report / use_indication: which parts the workflow feeds to the fusion head.
-    """
-    from medmm.models import fusion_text
-
-    n = len(indications)
-    reports = list(reports) if use_generated_report and reports is not None else [""] * n
-    indications = list(indications) if use_indication else [""] * n
-    return [fusion_text(r, i or None) for r, i in zip(reports, indications)]
-
-
 @torch.no_grad()
 def predict(model: Any, loader: Any, device: torch.device, use_generated_report: bool = True,
-            use_indication: bool = True, amp: bool = False, histograms: Any = None) -> dict[str, Any]:
-    """Probabilities, labels and generated reports for every item of ``loader``.
-
-    ``histograms``: an optional `medmm.training.histogram_cache.HistogramCache` for the loader's
-    (fixed) images, so repeated validation computes the encoder's histograms once per case.
+            use_indication: bool = True, amp: bool = False) -> dict[str, Any]:
+    """Probabilities, labels and generated reports for every item of ``loader`` (through
+    `MedMM.predict_step`, the one inference forward pass).
 
     Returns:
         ``{"probs": [N, L] float64, "labels": [N, L] (1/0/-1), "logits": [N, L], "case_ids": [...],
@@ -54,12 +35,10 @@ def predict(model: Any, loader: Any, device: torch.device, use_generated_report:
     for batch in loader:
         x = batch["image"].to(device)
         with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
-            cached = None if histograms is None else histograms.lookup(x, batch["case_id"])
-            pooled, tokens = model.embed(model.feature_map(x, cached))
-            reports = model.generate_reports(tokens) if use_generated_report else [""] * x.shape[0]
-            texts = fusion_texts(reports, batch["indication"], use_generated_report, use_indication)
-            text_emb = model.encode_text(texts) if model.uses_text else None
-            logits = model.classify(pooled, text_emb, tokens).float()
+            out = model.predict_step(x, list(batch["indication"]),
+                                     use_generated_report=use_generated_report, use_indication=use_indication,
+                                     generate=use_generated_report)
+            logits, reports = out.logits.float(), out.reports
         logits_all.append(logits.cpu())
         probs.append(torch.sigmoid(logits).cpu())
         labels.append(batch["label"].cpu())
@@ -72,16 +51,12 @@ def predict(model: Any, loader: Any, device: torch.device, use_generated_report:
 
 
 def per_label_auroc(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
-    """AUROC of each label that has both classes among its known (>= 0) entries."""
-    from sklearn.metrics import roc_auc_score
+    """AUROC of each label that has both classes among its known (>= 0) entries
+    (`medmm.evaluation.metrics.auroc`, the one AUROC)."""
+    from medmm.evaluation.metrics import auroc
 
-    out: dict[str, float] = {}
-    for j, name in enumerate(labels):
-        known = y[:, j] >= 0
-        yj = y[known, j]
-        if yj.size and 0 < yj.sum() < yj.size:
-            out[name] = float(roc_auc_score(yj, p[known, j]))
-    return out
+    scores = {name: auroc(y[:, j], p[:, j]) for j, name in enumerate(labels)}
+    return {name: value for name, value in scores.items() if not np.isnan(value)}
 
 
 def macro_auroc(per_label: dict[str, float], subset: Sequence[str] | None = None) -> float | None:

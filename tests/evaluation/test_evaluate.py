@@ -33,6 +33,10 @@ def test_evaluate_writes_all_outputs(toy_run, toy_world, tmp_path):
     rep = data["report_generation"]
     # the verifier rewrites the toy's one-line reports into FINDINGS/IMPRESSION stating all 18 decisions
     assert rep["n_reports"] == 16 and rep["bleu4"] > 0.0 and "clinical_efficacy" in rep
+    # issue 16: agreement of the labelled generated reports with the decisions, truncation, diversity, length
+    assert {"agreement", "truncated", "distinct_4", "mean_tokens"} <= set(rep) and rep["n_generated"] == 16
+    assert 0 <= rep["agreement"] <= 1 and rep["agreement_detail"]["n_pairs"] == 16 * len(data["labels"])
+    assert 0 <= rep["truncated"] <= 1 and 0 < rep["distinct_4"] <= 1 and rep["mean_tokens"] > 0
 
 
 def test_evaluate_is_deterministic(toy_run, toy_world, tmp_path):
@@ -55,6 +59,7 @@ def test_cli_table_and_exit_codes(toy_run, toy_world, tmp_path):
                              str(tmp_path / "e"), "--n-bootstrap", "50"])
     assert ok.exit_code == 0, ok.output
     assert "macro (" in ok.output and "ECE" in ok.output and SENTINEL not in ok.output
+    assert "agreement with decisions" in ok.output
 
 
 def test_cli_both_attacks_in_one_evaluation(toy_run, toy_world, tmp_path):

@@ -32,42 +32,33 @@ def test_select_split_errors(cases, split, match):
         select_split(cases, split, "m.csv")
 
 
-@pytest.mark.parametrize(
-    "meta, ids",
-    [
-        ({"data": {"patient_ids": {"train": ["a", 2]}}}, {"a", "2"}),
-        ({"splits": {"train": ["b"]}}, {"b"}),
-        ({"training_patient_ids": []}, set()),
-    ],
-)
-def test_training_patient_keys_layouts(meta, ids):
-    keys, key = training_patient_keys(meta, "run")
-    assert keys == ids and key("x") == "x"
-
-
 def test_hashed_training_ids_guard_leakage():
-    from medmm.training.rundir import hash_patient_id
+    from toy import toy_meta
 
-    meta = {"data": {"patient_id_sha256": {"train": [hash_patient_id("p1")], "val": []}}}
-    keys, key = training_patient_keys(meta, "run")
+    keys = training_patient_keys(toy_meta(["p1"]), "run")
     with pytest.raises(MedmmInputError, match="training split"):
-        check_no_leakage(CASES, keys, "m.csv", key)
-    check_no_leakage(CASES[1:], keys, "m.csv", key)
+        check_no_leakage(CASES, keys, "m.csv")
+    check_no_leakage(CASES[1:], keys, "m.csv")
 
 
 def test_training_patient_keys_missing_is_config_error():
+    from toy import toy_meta
+
+    meta = toy_meta(["p1"]).model_copy(update={"data": None})
     with pytest.raises(MedmmConfigError, match="leakage"):
-        training_patient_keys({"labels": []}, "run")
+        training_patient_keys(meta, "run")
 
 
 def test_leakage_refused_without_naming_patients():
     secret = "SENTINEL-PATIENT-42"
     cases = [FakeCase(secret, "test"), FakeCase("p9", "test")]
+    from medmm.models.run_meta import hash_patient_id
+
     with pytest.raises(MedmmInputError) as info:
-        check_no_leakage(cases, {secret}, "m.csv")
+        check_no_leakage(cases, {hash_patient_id(secret)}, "m.csv")
     msg = str(info.value)
     assert "1 of 2 scans" in msg and secret not in msg and "\n" not in msg
-    check_no_leakage(cases, {"other"}, "m.csv")  # no overlap: passes
+    check_no_leakage(cases, {hash_patient_id("other")}, "m.csv")  # no overlap: passes
 
 
 def test_label_matrix_unknown_is_minus_one():

@@ -1,4 +1,4 @@
-"""Robustness sweep: attacks through medmm.training.adversarial.perturb on a tiny model."""
+"""Robustness sweep: attacks through medmm.models.adversarial.perturb on a tiny model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from medmm.evaluation.robustness import AttackSpec, attack_probabilities, format_table, robustness_sweep, robustness_table
 
-pytest.importorskip("medmm.training.adversarial")
+pytest.importorskip("medmm.models.adversarial")
 
 
 class Linear3d(torch.nn.Module):

@@ -1,6 +1,7 @@
 """A toy evaluation world: NIfTI phantoms whose brightness encodes the labels, and a tiny model.
 
-``ToyModel`` implements the ``medmm.models.MedMM`` methods the Predictor calls; its logits rise
+``ToyModel`` implements the ``medmm.models.MedMM`` building blocks and runs them through the real
+``MedMM.predict_step``; its logits rise
 with the mean image intensity, so the model is good on clean scans and an L-inf attack of a few
 tens of HU can flip it - which is what the evaluation tests need to see.
 """
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from medmm.labels import CT_RATE_FINDINGS
+from medmm.models.medmm import MedMM
 
 SENTINEL = "SENTINEL-PHI-0815"
 HU_HEALTHY, HU_SICK = -600.0, -520.0  # intensity gap 80 HU: a 50 HU attack can cross the middle
@@ -44,6 +46,9 @@ class ToyModel(nn.Module):
     def classify(self, pooled, text_emb=None, image_tokens=None):
         return (pooled - self.centre) * self.scale
 
+    uses_text = True
+    predict_step = MedMM.predict_step
+
 
 def make_world(root: Path, n_train: int = 4, n_test: int = 16, seed: int = 0, size: int = 16):
     """Write phantoms + manifest; return (manifest path, cases)."""
@@ -67,19 +72,22 @@ def make_world(root: Path, n_train: int = 4, n_test: int = 16, seed: int = 0, si
     return manifest, cases
 
 
-def toy_meta(train_patient_ids) -> dict:
-    from medmm.knowledge import load_ontology
-    from medmm.training.rundir import hash_patient_id
+def toy_meta(train_patient_ids):
+    """The run's `RunMeta`, written by training's own writer (`medmm.training.rundir.run_meta`)."""
+    from types import SimpleNamespace
 
-    return {
-        "name": "toy",
-        "labels": list(CT_RATE_FINDINGS),
-        "thresholds": {label: 0.5 for label in CT_RATE_FINDINGS},
-        "preprocessing": {"spacing": [2.0, 2.0, 2.0], "hu_window": [-1000, 1000], "roi_size": [16, 16, 16]},
-        "inferer": {"roi_size": [16, 16, 16], "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1},
-        "ontology_sha256": load_ontology().sha256,
-        "data": {"patient_id_sha256": {"train": [hash_patient_id(p) for p in train_patient_ids], "val": []}},
-    }
+    from medmm.config import WorkflowConfig
+    from medmm.knowledge import load_ontology
+    from medmm.models import NetworkDerived
+    from medmm.training.rundir import run_meta
+
+    cfg = WorkflowConfig(
+        name="toy",
+        preprocessing={"spacing": [2.0, 2.0, 2.0], "hu_window": [-1000, 1000], "roi_size": [16, 16, 16]},
+        inferer={"roi_size": [16, 16, 16], "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1},
+    )
+    splits = {"train": [SimpleNamespace(patient_id=p) for p in train_patient_ids], "val": []}
+    return run_meta(cfg, Path("toy"), NetworkDerived(), load_ontology(), splits, progress={})
 
 
 def toy_predictor(run_dir: Path, train_patient_ids):

@@ -1,7 +1,8 @@
 """Helpers for inference tests: a tiny stand-in model, a phantom, planted PHI (imported by conftest).
 
-``TinyModel`` implements the ``medmm.models.MedMM`` methods inference relies on
-(feature_map / embed / generate_reports / encode_text / classify) with a few convolutions, so
+``TinyModel`` implements the ``medmm.models.MedMM`` building blocks (feature_map / embed /
+generate_reports / encode_text / classify) with a few convolutions and runs them through the real
+``MedMM.predict_step``, so
 the pipeline, sliding window, Grad-CAM and writers are tested in milliseconds. End-to-end tests
 with a really trained model are in ``test_end_to_end.py``.
 """
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from medmm.labels import CT_RATE_FINDINGS
+from medmm.models.medmm import MedMM
 
 PHI = {
     "patient_name": "SENTINEL^PHI",
@@ -55,18 +57,24 @@ class TinyModel(nn.Module):
     def classify(self, pooled: torch.Tensor, text_emb: torch.Tensor | None = None, image_tokens=None) -> torch.Tensor:
         return self.head(torch.cat([pooled, text_emb], dim=1))
 
+    uses_text = True
+    predict_step = MedMM.predict_step  # the one inference forward pass, over the blocks above
 
-def tiny_meta(roi=(16, 16, 16), spacing=(2.0, 2.0, 2.0), thresholds=None) -> dict:
+
+def tiny_meta(roi=(16, 16, 16), spacing=(2.0, 2.0, 2.0), thresholds=None, **preprocessing):
+    """The `RunMeta` of a tiny run (preprocessing, inferer, labels, thresholds)."""
+    from medmm.config import WorkflowConfig
     from medmm.knowledge import load_ontology
+    from medmm.models import RunMeta
 
-    return {
-        "name": "tiny",
-        "labels": list(CT_RATE_FINDINGS),
-        "thresholds": thresholds or {label: 0.5 for label in CT_RATE_FINDINGS},
-        "preprocessing": {"spacing": list(spacing), "hu_window": [-1000, 400], "roi_size": list(roi)},
-        "inferer": {"roi_size": list(roi), "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 2},
-        "ontology_sha256": load_ontology().sha256,
-    }
+    workflow = WorkflowConfig(
+        name="tiny",
+        preprocessing={"spacing": list(spacing), "hu_window": [-1000, 400], "roi_size": list(roi), **preprocessing},
+        inferer={"roi_size": list(roi), "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 2},
+    )
+    return RunMeta(name="tiny", run_id="run_tiny", workflow=workflow,
+                   thresholds=thresholds or {label: 0.5 for label in CT_RATE_FINDINGS},
+                   ontology={"sha256": load_ontology().sha256})
 
 
 def make_predictor(tmp_path: Path, **meta_kwargs):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from medmm.errors import MedmmConfigError
-from medmm.inference.sliding import InfererSettings, compute_feature_map, needs_sliding_window
+from medmm.config import InfererConfig
+from medmm.inference.sliding import compute_feature_map, needs_sliding_window
 
 
 def strided_net() -> nn.Module:
@@ -23,7 +23,7 @@ def pointwise_net() -> nn.Module:
 @pytest.mark.parametrize("mode", ["constant", "gaussian"])
 def test_single_window_equals_direct_pass(mode):
     net, x = strided_net(), torch.randn(1, 1, 16, 16, 16)
-    settings = InfererSettings(roi_size=16, overlap=0.5, mode=mode)
+    settings = InfererConfig(roi_size=16, overlap=0.5, mode=mode)
     with torch.inference_mode():
         direct = compute_feature_map(net, x, settings)
         stitched = compute_feature_map(net, x, settings, force_sliding=True)
@@ -38,7 +38,7 @@ def test_single_window_equals_direct_pass(mode):
 def test_stitching_pointwise_network_is_exact(shape, overlap, mode):
     # a pointwise network has no borders: every blend of windows must equal the direct pass
     net, x = pointwise_net(), torch.randn(1, 1, *shape)
-    settings = InfererSettings(roi_size=16, overlap=overlap, mode=mode)
+    settings = InfererConfig(roi_size=16, overlap=overlap, mode=mode)
     assert needs_sliding_window(shape, settings.roi_size)
     with torch.inference_mode():
         stitched = compute_feature_map(net, x, settings)
@@ -55,32 +55,21 @@ def test_larger_volume_runs_roi_sized_windows():
 
     x = torch.randn(1, 1, 40, 24, 16)
     with torch.inference_mode():
-        fm = compute_feature_map(feature_fn, x, InfererSettings(roi_size=16, sw_batch_size=1), device="cpu")
+        fm = compute_feature_map(feature_fn, x, InfererConfig(roi_size=16, sw_batch_size=1), device="cpu")
     assert set(sizes) == {(16, 16, 16)} and len(sizes) > 1
     assert fm.shape == (1, 6, 10, 6, 4) and torch.isfinite(fm).all()
 
 
-@pytest.mark.parametrize(
-    "meta,roi",
-    [
-        ({"inferer": {"roi_size": [8, 8, 8]}}, (8, 8, 8)),
-        ({"workflow": {"inferer": {"roi_size": 24, "unknown_key": 1}}}, (24, 24, 24)),
-        ({"preprocessing": {"roi_size": [32, 32, 16]}}, (32, 32, 16)),
-        ({}, (64, 64, 64)),
-    ],
-)
-def test_settings_from_meta(meta, roi):
-    assert InfererSettings.from_meta(meta).roi_size == roi
-
-
-def test_settings_bad_mode_is_config_error():
-    with pytest.raises(MedmmConfigError, match="inferer"):
-        InfererSettings.from_meta({"inferer": {"mode": "median"}})
+def test_settings_are_the_workflow_schema():
+    assert InfererConfig(roi_size=16).roi_size == (16, 16, 16)
+    assert InfererConfig().resolved((8, 8, 8)).roi_size == (8, 8, 8)
+    with pytest.raises(ValueError, match="mode"):
+        InfererConfig(mode="median")
 
 
 def test_stitching_is_differentiable():
     net = nn.Sequential(nn.Conv3d(1, 4, 3, stride=2, padding=1), nn.ReLU(inplace=True))
     x = torch.randn(1, 1, 40, 24, 16, requires_grad=True)
-    fm = compute_feature_map(net, x, InfererSettings(roi_size=16, overlap=0.25))
+    fm = compute_feature_map(net, x, InfererConfig(roi_size=16, overlap=0.25))
     fm.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0

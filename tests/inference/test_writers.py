@@ -55,11 +55,11 @@ def test_all_outputs(dicom_result, scans, tmp_path):
         (evaluation,) = group.get_qualitative_evaluations()
         decisions[group.finding_type.meaning] = (group.finding_type.scheme_designator, evaluation.value.meaning)
     assert decisions["Pleural effusion"] == ("SCT", "Present")
-    assert decisions["Hiatal hernia"] == ("99MEDMM", "Present")  # only a close SNOMED match: local code
+    assert decisions["Hiatal hernia"] == ("SCT", "Present")  # only a close SNOMED match: still SNOMED
     assert sum(v[1] == "Absent" for v in decisions.values()) == sum(not r["positive"] for r in dicom_result.findings)
     text = str(ds)
     assert "60046008" in text  # Pleural effusion, SNOMED CT (exact match in the ontology)
-    assert "99MEDMM" in text  # findings with only close matches use the local scheme
+    assert "39839004" in text and "99MEDMM" not in text  # close SNOMED match beats a private code
     assert "52101004" in text and "272519000" in text  # Present and Absent
     referenced = {
         item.ReferencedSOPInstanceUID

@@ -36,7 +36,10 @@ def test_info_json_and_series_option(tmp_path, capsys):
     write_series(tmp_path / "b", make_hu((6, 6, 5), seed=2), uid_seed="b", description="second")
     code, out, err = run_cli(capsys, "info", str(tmp_path))
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
-    assert "first" in err and "second" in err
+    # candidates are told apart by UID suffix, modality, slices and matrix; never by the free-text
+    # SeriesDescription (it may hold PHI, and the PS3.15 Basic Profile removes it)
+    assert "8 slices 12x10" in err and "5 slices 6x6" in err
+    assert "first" not in err and "second" not in err
     from medmm.io import list_series
 
     suffix = next(s.uid_suffix for s in list_series(tmp_path) if s.description == "second")

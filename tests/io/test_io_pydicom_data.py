@@ -11,7 +11,7 @@ import pytest
 from fixtures.dicom_cases import pydicom_ct_mr_files
 from medmm.errors import MedmmInputError
 from medmm.io import Volume, load_volume
-from medmm.io.pixels import decode_file
+from fixtures.dicom_cases import decode_file
 
 pydicom = pytest.importorskip("pydicom")
 

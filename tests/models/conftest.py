@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medmm.models import FusionConfig, ImageEncoderConfig, ModelConfig, ReportGeneratorConfig, TextEncoderConfig
+from medmm.config import FusionConfig, ImageEncoderConfig, ModelConfig, ReportGeneratorConfig, TextEncoderConfig
 
 WORDS = (
     "no pleural effusion mild moderate emphysema nodule ##s in the right left upper lower lobe lobes "
@@ -81,7 +81,7 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 def tiny_config(tiny_bert_dir):
     """Factory of a tiny ModelConfig; keyword sections override the tiny defaults."""
 
-    def make(image=None, text=None, generator=None, fusion=None) -> ModelConfig:
+    def make(image=None, text=None, generator=None, fusion=None, radiomics=None) -> ModelConfig:
         return ModelConfig(
             image_encoder=ImageEncoderConfig(**{"widths": [4, 8, 8, 8], "embed_dim": 16, **(image or {})}),
             text_encoder=TextEncoderConfig(**{"name_or_path": str(tiny_bert_dir), **(text or {})}),
@@ -97,6 +97,7 @@ def tiny_config(tiny_bert_dir):
                 }
             ),
             fusion=FusionConfig(**{"hidden": 16, **(fusion or {})}),
+            radiomics=radiomics,
         )
 
     return make
@@ -106,3 +107,38 @@ def tiny_config(tiny_bert_dir):
 def image() -> torch.Tensor:
     """Two seeded 32^3 single-channel volumes."""
     return torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def radiomics_model(tiny_config):
+    """Factory of a tiny MedMM with a radiomics branch whose centres are given in input units."""
+    from medmm.models import MedMM, NetworkDerived
+
+    def make(intensity=None, context=None, labels=("Emphysema", "Cardiomegaly")):
+        section = {}
+        derived = {}
+        if intensity is not None:
+            section["intensity_hu"] = list(intensity)
+            derived["histogram_centres"] = list(intensity)
+        if context is not None:
+            context = dict(context)
+            derived["context_centres"] = context.pop("centres")
+            derived["context_context_centres"] = context.pop("context_centres")
+            section["context"] = {"hu": derived["context_centres"], "context_hu": derived["context_context_centres"],
+                                  **context}
+        torch.manual_seed(0)
+        return MedMM(tiny_config(radiomics=section), list(labels), NetworkDerived(**derived))
+
+    return make
+
+
+def meta_for(model, thresholds=None, **fields):
+    """A `RunMeta` describing ``model`` (its network, labels and derived values) for checkpoint tests."""
+    from medmm.config import WorkflowConfig
+    from medmm.models import RunMeta
+
+    workflow = WorkflowConfig(name="test-run", network=model.config, data={"labels": list(model.labels)},
+                              preprocessing={"roi_size": [32, 32, 32]})
+    return RunMeta(name="test-run", run_id="r1", workflow=workflow, network_derived=model.derived,
+                   thresholds=thresholds or {label: 0.5 for label in model.labels},
+                   ontology={"sha256": "0" * 64}, **fields)

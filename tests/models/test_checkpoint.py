@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors + medmm.json round trip, pretrained weights skipped, pickle refused."""
+"""Checkpoints: safetensors + RunMeta round trip, pretrained weights skipped, pickle refused."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from safetensors import safe_open
 from medmm.errors import MedmmInputError
 from medmm.models import MedMM, load_checkpoint, save_checkpoint
 
-from .conftest import REPORTS
+from .conftest import REPORTS, meta_for
 
 LABELS = ["Emphysema", "Cardiomegaly", "Atelectasis"]
 
@@ -59,7 +59,7 @@ def _keys(path: Path) -> list[str]:
 def test_round_trip_gives_identical_outputs(tiny_config, image, tmp_path, text, fusion, encoder_keys_saved):
     torch.manual_seed(0)
     model = _trained(MedMM(tiny_config(text=text, fusion=fusion), LABELS), image)
-    path = save_checkpoint(model, tmp_path, "best", {"thresholds": {k: 0.5 for k in LABELS}, "epoch": 3})
+    path = save_checkpoint(model, tmp_path, "best", meta_for(model, best_epoch=3))
     assert path == tmp_path / "best.safetensors"
     encoder_keys = [k for k in _keys(path) if k.startswith("text_encoder.")]
     if encoder_keys_saved == "none":
@@ -74,36 +74,50 @@ def test_round_trip_gives_identical_outputs(tiny_config, image, tmp_path, text, 
     got = _outputs(loaded, image)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]) and got[2] == expected[2]
     assert not loaded.training
-    assert meta["labels"] == LABELS and meta["epoch"] == 3 and meta["thresholds"]["Emphysema"] == 0.5
-    assert meta["model"] == model.config.model_dump(mode="json")
-    assert {"torch", "monai", "transformers", "medmm"} <= set(meta["versions"])
+    assert meta.labels == LABELS and meta.best_epoch == 3 and meta.thresholds["Emphysema"] == 0.5
+    assert meta.network == model.config
+    assert {"torch", "monai", "transformers", "medmm"} <= set(meta.versions)
 
 
-def test_medmm_json_merges_meta_and_tracks_each_checkpoint(tiny_config, image, tmp_path):
+def test_medmm_json_is_the_latest_meta_and_tracks_each_checkpoint(tiny_config, image, tmp_path):
     model = MedMM(tiny_config(), LABELS)
-    save_checkpoint(model, tmp_path, "last", {"epoch": 1, "run_id": "r1"})
-    save_checkpoint(model, tmp_path, "best", {"epoch": 2})
+    save_checkpoint(model, tmp_path, "last", meta_for(model, last_epoch=1))
+    save_checkpoint(model, tmp_path, "best", meta_for(model, last_epoch=2))
     meta = json.loads((tmp_path / "medmm.json").read_text())
-    assert meta["epoch"] == 2 and meta["run_id"] == "r1"
+    assert meta["schema"] == "medmm.run/2" and meta["last_epoch"] == 2 and meta["run_id"] == "r1"
     assert set(meta["checkpoints"]) == {"last", "best"}
     te = meta["text_encoder"]
     assert te["saved"] == "none" and len(te["weights_sha256"]) == 64
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "last.safetensors", "medmm.json"]
 
 
-def test_checkpoint_is_self_describing_without_medmm_json(tiny_config, image, tmp_path):
+def test_weights_without_their_run_meta_are_refused(tiny_config, tmp_path):
     model = MedMM(tiny_config(), LABELS).eval()
-    save_checkpoint(model, tmp_path, "best")
+    save_checkpoint(model, tmp_path, "best", meta_for(model))
     (tmp_path / "medmm.json").unlink()
-    loaded, meta = load_checkpoint(tmp_path, "best")
-    assert meta["labels"] == LABELS
-    assert torch.equal(loaded(image, ["x", "y"]), model(image, ["x", "y"]))
+    with pytest.raises(MedmmInputError, match="no medmm.json") as info:
+        load_checkpoint(tmp_path, "best")
+    assert "\n" not in str(info.value)
+
+
+def test_the_header_keeps_only_labels_and_they_must_match(tiny_config, tmp_path):
+    model = MedMM(tiny_config(), LABELS).eval()
+    save_checkpoint(model, tmp_path, "best", meta_for(model))
+    with safe_open(str(tmp_path / "best.safetensors"), framework="pt") as fh:
+        header = fh.metadata()
+    assert set(header) == {"format", "medmm_labels"} and json.loads(header["medmm_labels"]) == LABELS
+    # a medmm.json of the same labels in another order would assign logits to the wrong findings
+    other = MedMM(tiny_config(), list(reversed(LABELS)))
+    save_checkpoint(other, tmp_path / "other", "best", meta_for(other))
+    (tmp_path / "medmm.json").write_bytes((tmp_path / "other" / "medmm.json").read_bytes())
+    with pytest.raises(MedmmInputError, match="another order"):
+        load_checkpoint(tmp_path, "best")
 
 
 def test_gpt2_from_a_local_folder_round_trips(tiny_config, image, tmp_path, tiny_gpt2_dir):
     torch.manual_seed(0)
     model = _trained(MedMM(tiny_config(generator={"name_or_path": str(tiny_gpt2_dir)}), LABELS), image)
-    save_checkpoint(model, tmp_path, "best")
+    save_checkpoint(model, tmp_path, "best", meta_for(model))
     loaded, _ = load_checkpoint(tmp_path)
     assert torch.equal(_outputs(loaded, image)[1], _outputs(model, image)[1])
 
@@ -145,16 +159,19 @@ def test_pickle_checkpoint_is_refused_and_never_unpickled(tmp_path, how):
         (lambda d: (d / "best.safetensors").write_bytes(b""), "not a valid safetensors"),
     ],
 )
-def test_missing_or_corrupt_checkpoint_is_an_input_error(tmp_path, setup, match):
+def test_missing_or_corrupt_checkpoint_is_an_input_error(tiny_config, tmp_path, setup, match):
     folder = tmp_path / "run"
-    folder.mkdir()
+    model = MedMM(tiny_config(), LABELS)
+    save_checkpoint(model, folder, "last", meta_for(model))
+    (folder / "last.safetensors").unlink()
     setup(folder)
     with pytest.raises(MedmmInputError, match=match):
         load_checkpoint(folder, "best")
 
 
 def test_corrupt_medmm_json_is_an_input_error(tiny_config, tmp_path):
-    save_checkpoint(MedMM(tiny_config(), LABELS), tmp_path, "best")
+    model = MedMM(tiny_config(), LABELS)
+    save_checkpoint(model, tmp_path, "best", meta_for(model))
     (tmp_path / "medmm.json").write_text("{not json")
     with pytest.raises(MedmmInputError, match="medmm.json.*metadata"):
         load_checkpoint(tmp_path, "best")
@@ -163,7 +180,8 @@ def test_corrupt_medmm_json_is_an_input_error(tiny_config, tmp_path):
 def test_weights_for_another_architecture_are_an_input_error(tiny_config, tmp_path):
     from safetensors.torch import save_file
 
-    save_checkpoint(MedMM(tiny_config(), LABELS), tmp_path, "best")
+    model = MedMM(tiny_config(), LABELS)
+    save_checkpoint(model, tmp_path, "best", meta_for(model))
     header = {"format": "pt"}
     with safe_open(str(tmp_path / "best.safetensors"), framework="pt") as fh:
         header.update(fh.metadata())
@@ -178,7 +196,7 @@ def test_changed_pretrained_text_encoder_is_detected(tiny_config, tmp_path, tiny
     encoder_copy = tmp_path / "bert"
     shutil.copytree(tiny_bert_dir, encoder_copy)
     model = MedMM(tiny_config(text={"name_or_path": str(encoder_copy)}), LABELS)
-    save_checkpoint(model, tmp_path / "run", "best")
+    save_checkpoint(model, tmp_path / "run", "best", meta_for(model))
     from transformers import BertModel
 
     torch.manual_seed(123)
@@ -191,7 +209,7 @@ def test_changed_pretrained_text_encoder_is_detected(tiny_config, tmp_path, tiny
 def test_cuda_round_trip_and_decoding(tiny_config, image, tmp_path):
     torch.manual_seed(0)
     model = MedMM(tiny_config(fusion={"mode": "cross_attention"}), LABELS).eval()
-    save_checkpoint(model, tmp_path, "best")
+    save_checkpoint(model, tmp_path, "best", meta_for(model))
     loaded, _ = load_checkpoint(tmp_path, "best", map_location="cuda")
     assert next(loaded.parameters()).is_cuda
     cpu_logits, _, cpu_reports = _outputs(model, image)
@@ -200,34 +218,19 @@ def test_cuda_round_trip_and_decoding(tiny_config, image, tmp_path):
     assert len(gpu_reports) == len(cpu_reports) == 2
 
 
-def test_round_trip_keeps_the_intensity_histogram(tiny_config, image, tmp_path):
-    """The histogram's bin centres live in the stored config and its normalisers in the weights."""
-    torch.manual_seed(0)
-    centres = [0.0, 0.2, 0.5, 0.8, 1.0]
-    model = _trained(MedMM(tiny_config(image={"histogram_centres": centres, "global_pool": "avgmax"}), LABELS), image)
-    save_checkpoint(model, tmp_path, "best")
-    assert any(k.startswith("image_encoder.histogram_norm.") for k in _keys(tmp_path / "best.safetensors"))
-    expected = _outputs(model, image)
-    loaded, meta = load_checkpoint(tmp_path, "best")
-    assert meta["model"]["image_encoder"]["histogram_centres"] == centres
-    got = _outputs(loaded, image)
-    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
-
-
 @pytest.mark.parametrize("regions", [{}, {"cell_split": 2, "central_region": [0.5, 0.5, 1.0]}])
-def test_round_trip_keeps_the_context_histogram(tiny_config, image, tmp_path, regions):
-    """Joint-histogram centres, neighbourhoods and regions live in the stored config, its normaliser
-    in the weights."""
-    torch.manual_seed(0)
-    context = {"hu": [-1000, 0, 1000], "context_hu": [-1000, 0], "context_voxels": [3, 5],
-               "centres": [0.0, 0.5, 1.0], "context_centres": [0.0, 0.5], **regions}
-    model = _trained(MedMM(tiny_config(image={"context_histogram": context}), LABELS), image)
-    save_checkpoint(model, tmp_path, "best")
-    assert any(k.startswith("image_encoder.context_norm.") for k in _keys(tmp_path / "best.safetensors"))
+def test_round_trip_keeps_the_radiomics_branch(radiomics_model, image, tmp_path, regions):
+    """Bin centres live in RunMeta.network_derived, the branch's normalisers in the weights."""
+    context = {"centres": [0.0, 0.5, 1.0], "context_centres": [0.0, 0.5], "context_voxels": [3, 5], **regions}
+    model = _trained(radiomics_model(intensity=[0.0, 0.2, 0.5, 0.8, 1.0], context=context, labels=LABELS), image)
+    save_checkpoint(model, tmp_path, "best", meta_for(model))
+    keys = _keys(tmp_path / "best.safetensors")
+    assert any(k.startswith("radiomics.context_norm.") for k in keys)
+    assert any(k.startswith("radiomics.histogram_norm.") for k in keys)
     expected = _outputs(model, image)
     loaded, meta = load_checkpoint(tmp_path, "best")
-    assert meta["model"]["image_encoder"]["context_histogram"]["context_voxels"] == [3, 5]
-    assert loaded.image_encoder.context_histogram.shape == (3, 2, 2)
-    assert meta["model"]["image_encoder"]["context_histogram"].get("central_region") == regions.get("central_region")
+    assert meta.network_derived.histogram_centres == [0.0, 0.2, 0.5, 0.8, 1.0]
+    assert loaded.radiomics.context_histogram.shape == (3, 2, 2)
+    assert meta.network.radiomics.context.central_region == regions.get("central_region")
     got = _outputs(loaded, image)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])

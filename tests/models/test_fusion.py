@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmm.models import FusionConfig, FusionHead, fusion_text
+from medmm.config import FusionConfig
+from medmm.models import FusionHead, fusion_text
 
 D, T, L, N = 16, 12, 5, 8
 

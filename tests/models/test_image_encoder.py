@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmm.models import ImageEncoder, ImageEncoderConfig
+from medmm.config import ImageEncoderConfig
+from medmm.models import ImageEncoder
 
 # name -> feature-map channels of the default widths
 BACKBONES = [
@@ -83,24 +84,3 @@ def test_rejects_a_4d_image():
     enc = ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16))
     with pytest.raises(ValueError, match=r"\[B, C, X, Y, Z\]"):
         enc.feature_map(torch.rand(1, 32, 32, 32))
-
-
-def test_avgmax_pooling_sees_a_single_hot_cell_that_averaging_dilutes():
-    enc = ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16, global_pool="avgmax")).eval()
-    assert enc.pool_proj[1].in_features == 2 * enc.channels  # [mean, max] of every channel
-    flat = torch.zeros(1, enc.channels, 4, 4, 4)
-    spot = flat.clone()
-    spot[0, :, 1, 2, 3] = 64.0  # one cell lit: the same mean as a uniformly lit map ...
-    uniform = torch.ones(1, enc.channels, 4, 4, 4)
-    with torch.no_grad():
-        p_spot, tokens = enc.embed(spot)
-        p_uniform, _ = enc.embed(uniform)
-        avg_only = ImageEncoder(ImageEncoderConfig(widths=[4, 8, 8, 8], embed_dim=16)).eval()
-        assert torch.allclose(spot.mean(dim=(2, 3, 4)), uniform.mean(dim=(2, 3, 4)))
-    # ... but a different max, so the avgmax embedding tells a focal finding from a diffuse one
-    assert not torch.allclose(p_spot, p_uniform)
-    assert p_spot.shape == (1, 16) and tokens.shape == (1, 8, 16)
-    with torch.no_grad():
-        a_spot, _ = avg_only.embed(spot)
-        a_uniform, _ = avg_only.embed(uniform)
-    assert torch.allclose(a_spot, a_uniform)  # plain averaging cannot

@@ -10,6 +10,7 @@ import torch
 from medmm.errors import MedmmConfigError, MedmmInputError
 from medmm.models import MedMM, ModelConfig, load_checkpoint, save_checkpoint
 
+from .conftest import meta_for
 from .lm_helpers import save_tiny_lm
 
 LABELS = ["Pleural effusion", "Lung nodule", "Emphysema"]
@@ -42,7 +43,7 @@ def test_lora_freezes_the_base_and_trains_adapter_projector_prompt(lm_folder):
                              torch.tensor([[0, 1, 0], [1, 0, 1]]))
     loss.backward()
     assert all(p.grad is None for n, p in gen.named_parameters() if not p.requires_grad)
-    out = model.generate_reports(tokens, findings=torch.tensor([[0.0, 1, 0], [1, 0, 1]]))
+    out = model.generate_reports(tokens, findings_probs=torch.tensor([[0.0, 1, 0], [1, 0, 1]]))
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
 
 
@@ -55,7 +56,7 @@ def test_run_dir_holds_only_adapter_and_base_identity(lm_folder, tmp_path):
         for name, p in model.report_generator.named_parameters():
             if "lora_B" in name:
                 p.normal_()  # a trained adapter is not zero
-    path = save_checkpoint(model, tmp_path / "run", "best")
+    path = save_checkpoint(model, tmp_path / "run", "best", meta_for(model))
     with safe_open(str(path), "pt") as fh:
         lm_keys = [k for k in fh.keys() if k.startswith("report_generator.lm.")]
     assert lm_keys and all("lora_" in k for k in lm_keys)
@@ -66,7 +67,7 @@ def test_run_dir_holds_only_adapter_and_base_identity(lm_folder, tmp_path):
     loaded, _ = load_checkpoint(tmp_path / "run", "best")
     tokens = torch.randn(1, 1, 16)
     states = torch.tensor([[1.0, 0.0, 1.0]])
-    assert loaded.generate_reports(tokens, findings=states) == model.eval().generate_reports(tokens, findings=states)
+    assert loaded.generate_reports(tokens, findings_probs=states) == model.eval().generate_reports(tokens, findings_probs=states)
 
 
 def test_a_different_base_is_refused(lm_folder, tmp_path):
@@ -75,7 +76,7 @@ def test_a_different_base_is_refused(lm_folder, tmp_path):
     base = tmp_path / "base"
     shutil.copytree(lm_folder, base)
     model = MedMM(_config(base), LABELS)
-    save_checkpoint(model, tmp_path / "run", "best")
+    save_checkpoint(model, tmp_path / "run", "best", meta_for(model))
     arch = json.loads((base / "config.json").read_text())["model_type"]
     save_tiny_lm(base, "llama" if arch == "llama" else "gpt2", seed=1)  # same folder, other weights
     with pytest.raises(MedmmInputError, match="different weights") as err:

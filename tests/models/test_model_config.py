@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from medmm.models import ImageEncoderConfig, ModelConfig, ReportGeneratorConfig, TextEncoderConfig
+from medmm.config import ImageEncoderConfig, ModelConfig, ReportGeneratorConfig, TextEncoderConfig
 
 
 def test_defaults_are_the_slim_cpu_model():

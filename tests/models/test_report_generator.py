@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmm.models import ReportGenerator, ReportGeneratorConfig
+from medmm.config import ReportGeneratorConfig
+from medmm.models import ReportGenerator
 from medmm.models.pretrained import load_tokenizer
 from medmm.models.report_generator import report_vocabulary, special_token_ids, tidy_report
 
@@ -14,11 +15,11 @@ from .conftest import REPORTS
 TINY = {"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 64, "max_report_tokens": 24, "max_new_tokens": 16}
 
 
-def _generator(tiny_bert_dir, dim=16, **overrides) -> ReportGenerator:
+def _generator(tiny_bert_dir, dim=16, vocab_ids=None, **overrides) -> ReportGenerator:
     torch.manual_seed(0)
     cfg = ReportGeneratorConfig(**{**TINY, **overrides})
     tokenizer = None if cfg.name_or_path else load_tokenizer(str(tiny_bert_dir))
-    return ReportGenerator(cfg, dim, tokenizer)
+    return ReportGenerator(cfg, dim, tokenizer, vocab_ids)
 
 
 def _tokens(batch=2, n=8, dim=16, seed=0) -> torch.Tensor:
@@ -174,10 +175,15 @@ def test_compact_vocabulary_maps_unknown_words_to_unk_and_bans_specials(tiny_ber
     assert max(banned) < gen.vocab_size
 
 
-def test_compact_vocabulary_config_is_checked(tiny_bert_dir, tiny_gpt2_dir):
-    with pytest.raises(ValueError, match="only to the from-scratch decoder"):
-        ReportGeneratorConfig(name_or_path=str(tiny_gpt2_dir), vocab_ids=[1, 2])
-    with pytest.raises(ValueError, match="only to the from-scratch decoder"):
-        ReportGeneratorConfig(vocabulary="tokenizer", vocab_ids=[1, 2])
+def test_compact_vocabulary_is_derived_only_for_the_from_scratch_decoder(tiny_bert_dir, tiny_gpt2_dir):
+    from medmm.config import ModelConfig, PreprocessingConfig
+    from medmm.models import derive_network
+
+    def vocab(**generator):
+        network = ModelConfig(text_encoder={"name_or_path": str(tiny_bert_dir)}, report_generator=generator)
+        return derive_network(network, PreprocessingConfig(), REPORTS).vocab_ids
+
+    assert vocab() == report_vocabulary(REPORTS, load_tokenizer(str(tiny_bert_dir)))
+    assert vocab(name_or_path=str(tiny_gpt2_dir)) is None and vocab(vocabulary="tokenizer") is None
     with pytest.raises(ValueError, match="tokenizer has only"):
         _generator(tiny_bert_dir, vocab_ids=[10**7])

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from medmm.errors import MedmmConfigError
-from medmm.models import TextEncoder, TextEncoderConfig
+from medmm.config import TextEncoderConfig
+from medmm.models import TextEncoder
 from medmm.models.text_encoder import mean_pool
 
 

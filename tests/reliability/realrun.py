@@ -1,8 +1,8 @@
 """Shared by the security/fault/determinism tests: a real (untrained) MedMM run directory and a
 DICOM series carrying planted PHI sentinels.
 
-The run is written with ``medmm.models.save_checkpoint`` and the ``medmm.json`` keys training
-writes, so ``load_model`` / ``medmm infer`` / ``medmm evaluate`` load it exactly like a trained
+The run is written by training's own writer (`medmm.training.rundir.run_meta` +
+``medmm.models.save_checkpoint``), so ``load_model`` / ``medmm infer`` / ``medmm evaluate`` load it exactly like a trained
 run; training itself is not needed (and would cost minutes of CPU in every test session).
 """
 
@@ -48,26 +48,24 @@ def write_phi_series(out_dir: Path) -> tuple[Path, list[str]]:
 
 
 def make_run(run_dir: Path, train_patient_ids=("train-patient",), roi=(16, 16, 16)) -> Path:
-    """Save an untrained default MedMM with the metadata training writes; return ``run_dir``."""
+    """Save an untrained default MedMM with the RunMeta training writes; return ``run_dir``."""
+    from types import SimpleNamespace
+
     import torch
 
+    from medmm.config import WorkflowConfig
     from medmm.knowledge import load_ontology
-    from medmm.labels import CT_RATE_FINDINGS
-    from medmm.models import MedMM, ModelConfig, save_checkpoint
-    from medmm.training.rundir import hash_patient_id
+    from medmm.models import MedMM, NetworkDerived, save_checkpoint
+    from medmm.training.rundir import run_meta
 
     torch.manual_seed(0)
-    model = MedMM(ModelConfig(), labels=list(CT_RATE_FINDINGS))
-    meta = {
-        "name": "reliability-run",
-        "labels": list(CT_RATE_FINDINGS),
-        "thresholds": {label: 0.5 for label in CT_RATE_FINDINGS},
-        "preprocessing": {"spacing": [2.0, 2.0, 2.0], "hu_window": [-1000, 1000], "roi_size": list(roi)},
-        "inferer": {"roi_size": list(roi), "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1},
-        "ontology_sha256": load_ontology().sha256,
-        "data": {"patient_id_sha256": {"train": [hash_patient_id(p) for p in train_patient_ids], "val": []}},
-    }
-    save_checkpoint(model, run_dir, "best", meta=meta)
+    cfg = WorkflowConfig(name="reliability-run",
+                         preprocessing={"spacing": [2.0, 2.0, 2.0], "hu_window": [-1000, 1000], "roi_size": list(roi)},
+                         inferer={"roi_size": list(roi), "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1})
+    model = MedMM(cfg.network, labels=cfg.data.labels)
+    splits = {"train": [SimpleNamespace(patient_id=p) for p in train_patient_ids], "val": []}
+    meta = run_meta(cfg, run_dir, NetworkDerived(), load_ontology(), splits, progress={})
+    save_checkpoint(model, run_dir, "best", meta)
     return run_dir
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medmm.data.transforms import PreprocessingConfig, hu_to_intensity_eps
-from medmm.training.adversarial import perturb
+from medmm.models.adversarial import perturb
 
 
 def _model_and_loss(seed: int = 0):

@@ -32,6 +32,7 @@ def _shuffled_val_reports(manifest, out, val_case_ids):
     return out
 
 
+@pytest.mark.slow
 def test_predictions_ignore_reference_reports(tiny_manifest, tmp_path):
     from monai.data import DataLoader
 
@@ -65,4 +66,4 @@ def test_training_with_shuffled_val_reports_gives_identical_val_metrics(tiny_man
     b = train(wf_b, run_dir=tmp_path / "b", verbose=False)
     val_keys = [k for k in a.metrics[0] if k.startswith("val_")]
     assert [{k: r[k] for k in val_keys} for r in a.metrics] == [{k: r[k] for k in val_keys} for r in b.metrics]
-    assert a.meta["thresholds"] == b.meta["thresholds"]
+    assert a.meta.thresholds == b.meta.thresholds

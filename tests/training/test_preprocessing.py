@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medmm.data.dataset import augmented, build_dataset, case_items, reseed, split_cases
-from medmm.data.transforms import PreprocessingConfig, build_transforms, preprocess_volume
+from medmm.data.transforms import PreprocessingConfig, augmentation_transforms, preprocess_volume
 from medmm.io import Volume
 
 
@@ -62,7 +62,11 @@ def test_preprocess_accepts_the_stored_dict():
 def test_augmentation_is_seeded():
     cfg = PreprocessingConfig(spacing=None, roi_size=(16, 16, 16),
                               augmentation={"flip_prob": 0.5, "affine_prob": 0.5, "noise_prob": 0.5})
-    outs = [build_transforms(cfg, train=True, seed=s)({"image": _volume()})["image"] for s in (3, 3, 4)]
+    from monai.transforms import Compose
+
+    image = preprocess_volume(_volume(), cfg.model_copy(update={"fit_at_inference": True})).as_tensor()
+    outs = [Compose(augmentation_transforms(cfg)).set_random_state(seed=s)({"image": image.clone()})["image"]
+            for s in (3, 3, 4)]
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
 
 

@@ -25,6 +25,7 @@ def one_epoch_run(tiny_manifest, tmp_path_factory):
     return train(tiny_workflow(tiny_manifest), run_dir=tmp_path_factory.mktemp("runs") / "r1", verbose=False)
 
 
+@pytest.mark.slow
 def test_one_epoch_run_writes_a_complete_run_dir(one_epoch_run, tiny_manifest):
     run = one_epoch_run
     for name in RUN_FILES:
@@ -32,32 +33,34 @@ def test_one_epoch_run_writes_a_complete_run_dir(one_epoch_run, tiny_manifest):
     assert any((run.run_dir / "tb").iterdir())
     assert len(run.metrics) == 1 and run.best["epoch"] == 1
     meta = run.meta
-    assert meta["labels"] == TINY_LABELS
-    assert set(meta["thresholds"]) == set(TINY_LABELS)
-    assert all(0.0 <= v <= 1.0 for v in meta["thresholds"].values())
-    assert meta["preprocessing"]["roi_size"] == [16, 16, 16]
-    assert meta["inferer"]["roi_size"] == [16, 16, 16]
-    assert len(meta["ontology_sha256"]) == 64 and meta["ontology"]["sha256"] == meta["ontology_sha256"]
-    ids = meta["data"]["patient_id_sha256"]
+    assert meta.labels == TINY_LABELS and list(meta.thresholds) == TINY_LABELS
+    assert meta.preprocessing.roi_size == (16, 16, 16) and meta.inferer.roi_size == (16, 16, 16)
+    raw = json.loads((run.run_dir / "medmm.json").read_text())
+    assert raw["schema"] == "medmm.run/2" and "labels" not in raw and "preprocessing" not in raw  # each fact once
+    assert json.dumps(raw).count(meta.ontology.sha256) == 1
+    rates = meta.reference.val_positive_rate
+    assert set(rates) <= set(TINY_LABELS) and meta.reference.input_hu.quantiles["0.01"] >= -1000
+    ids = meta.data.patient_id_sha256
     assert sum(map(len, ids.values())) == 12 and not set(ids["train"]) & set(ids["val"])
     assert hash_patient_id("p00") in ids["train"] + ids["val"]
-    assert "p00" not in json.dumps(meta)  # no raw patient ids in the run directory
+    assert "p00" not in json.dumps(raw)  # no raw patient ids in the run directory
     # the resolved workflow reloads to the same config
     assert load_workflow(run.run_dir / "workflow.yaml") == run.config
     card = (run.run_dir / "model_card.md").read_text()
     assert f"macro AUROC (evaluated findings): {run.best['val_macro_auroc']:.3f}" in card
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_and_predicts(one_epoch_run):
     from medmm.models import load_checkpoint
 
     model, meta = load_checkpoint(one_epoch_run.run_dir, "best")
     with torch.no_grad():
         logits = model(torch.zeros(1, 1, 16, 16, 16), ["Findings: none."])
-    assert logits.shape == (1, len(TINY_LABELS)) and meta["best_epoch"] == 1
-    # the decoder's vocabulary is the training reports' tokens, resolved once and stored with the run
-    vocab = one_epoch_run.config.network.report_generator.vocab_ids
-    assert vocab and meta["model"]["report_generator"]["vocab_ids"] == vocab
+    assert logits.shape == (1, len(TINY_LABELS)) and meta.best_epoch == 1
+    # the decoder's vocabulary is the training reports' tokens, derived once and stored with the run
+    vocab = meta.network_derived.vocab_ids
+    assert vocab and "vocab_ids" not in one_epoch_run.config.network.report_generator.model_dump()
     assert model.report_generator.lm.get_output_embeddings().weight.shape[0] == len(vocab)
     assert len(vocab) < len(model.report_generator.tokenizer)
     assert isinstance(model.generate_reports(model.embed(model.feature_map(torch.zeros(1, 1, 16, 16, 16)))[1])[0], str)

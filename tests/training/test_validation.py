@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medmm.training.validation import choose_thresholds, fusion_texts, macro_auroc, per_label_auroc
+from medmm.models import fusion_texts
+from medmm.training.validation import choose_thresholds, macro_auroc, per_label_auroc
 
 LABELS = ["a", "b", "c"]
 Y = np.array([[1, 0, 1], [1, 0, 1], [0, 0, -1], [0, 1, 1]], dtype=float)

@@ -33,7 +33,7 @@ from medmm.data.synth.phantom import Phantom, render_phantom, sample_scan
 from medmm.data.synth.reports import write_indication, write_report
 from medmm.labels import CT_RATE_FINDINGS
 
-GENERATOR_VERSION = 2  # bump when the output for a given seed changes
+GENERATOR_VERSION = 3  # bump when the output for a given seed changes (3: ids carry the seed)
 FORMATS = ("nifti", "dicom", "both")
 FOLLOW_UP_FRACTION = 0.25
 MARKER = ".medmm_synth_complete.json"
@@ -133,7 +133,7 @@ def _make_case(job: tuple) -> dict:
         natural = _scan_labels(entropy, age, max(n_scans, scan_index + 1))[scan_index]
         labels, switched = counterfactual_labels(natural, np.random.default_rng([entropy, 7, scan_index, twin]))
     phantom, labels, report, indication = render_scan(entropy, size, labels, scan_index, n_scans)
-    pid = f"P{patient_no:04d}"
+    pid = patient_id(seed, patient_no)
     case_id = f"{pid}_{scan_index + 1}" + (f"_cf{twin}" if twin else "")
     stored = np.rint(phantom.hu).astype(np.int16)  # HU as int16, like scanners store them
     out = Path(out_dir)
@@ -174,39 +174,23 @@ def write_case_dicom(out_dir: str | Path, case_id: str, n: int, seed: int = 0, s
     Raises:
         ValueError: ``case_id`` is not part of that set.
     """
-    patient_no, scan_index, n_scans = _locate(case_id, n, seed)
+    patient_no, scan_index, n_scans = locate(case_id, n, seed)
     row = _make_case((str(out_dir), int(seed), patient_no, scan_index, n_scans, int(size), "dicom", 0))
     return Path(out_dir) / row["image"]
 
 
-def _locate(case_id: str, n: int, seed: int) -> tuple[int, int, int]:
+def patient_id(seed: int, patient_no: int) -> str:
+    """Pseudonymous patient id of a synthetic patient, e.g. ``P0007-s0``: unique per generation
+    seed, so sets made with different seeds never share ids (an evaluation would call that a leak)."""
+    return f"P{int(patient_no):04d}-s{int(seed)}"
+
+
+def locate(case_id: str, n: int, seed: int) -> tuple[int, int, int]:
     """``(patient number, scan index, scans of that patient)`` of ``case_id`` in the ``(n, seed)`` set."""
     for patient_no, scan_index, n_scans in _plan(int(n), int(seed)):
-        if f"P{patient_no:04d}_{scan_index + 1}" == case_id:
+        if f"{patient_id(seed, patient_no)}_{scan_index + 1}" == case_id:
             return patient_no, scan_index, n_scans
     raise ValueError(f"case {case_id!r} is not in the synthetic set n={n}, seed={seed}")
-
-
-def finding_map(case_id: str, n: int, seed: int = 0, size: int = 64, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Where each finding was drawn in one case of the ``(n, seed, size)`` set, as a bitmask volume.
-
-    Renders the case again (deterministic). Bit ``k`` of a voxel is set when finding
-    ``CT_RATE_FINDINGS[k]`` covers more than ``threshold`` of it. Findings drawn as a change of
-    anatomy rather than a lesion (cardiomegaly, pericardial effusion, peribronchial thickening,
-    bronchiectasis) have no map. Meant for experiments on localisation supervision
-    (``benchmarks/finding_supervision.py``); real data sets have no such maps.
-
-    Returns:
-        ``(bits, affine)``: int32 ``(X, Y, Z)`` on the scan's voxel grid and its voxel -> RAS affine
-        (the same affine as the case's image).
-    """
-    patient_no, scan_index, n_scans = _locate(case_id, n, seed)
-    phantom, *_ = render_scan(_entropy(int(seed), patient_no), int(size), None, scan_index, n_scans)
-    bits = np.zeros(phantom.hu.shape, np.int32)
-    for k, name in enumerate(CT_RATE_FINDINGS):
-        if name in phantom.effects:
-            bits |= (phantom.effects[name] > threshold).astype(np.int32) << k
-    return bits, phantom.affine
 
 
 def prevalence(cases: list[Case], labels=CT_RATE_FINDINGS) -> dict[str, float]:
@@ -257,7 +241,7 @@ def synthesize(
     rows = _render(jobs, workers, progress)
     splits = split_patients([r["patient_id"] for r in rows], seed=int(seed))
     if counterfactuals:  # patient-level split first: only training patients get twins
-        twins = [(*job[:-1], t) for job in jobs if splits[f"P{job[2]:04d}"] == "train"
+        twins = [(*job[:-1], t) for job in jobs if splits[patient_id(seed, job[2])] == "train"
                  for t in range(1, int(counterfactuals) + 1)]
         rows += _render(twins, workers, progress)
     cases = [Case(r["case_id"], r["patient_id"], str(out / r["image"]), r["report"], r["indication"],

@@ -1,7 +1,7 @@
 """Fake but realistic patient identities for the DICOM headers (so de-identification can be tested).
 
 Names, IDs and dates are drawn from the generator seed; none belong to a real person. They go
-into DICOM only: manifests carry the pseudonymous ``P0007``-style id instead.
+into DICOM only: manifests carry the pseudonymous ``P0007-s0``-style id instead.
 """
 
 from __future__ import annotations

@@ -2,9 +2,16 @@
 
 One measurement group (TID 1501) per finding: the finding's concept as *finding type*, a
 qualitative evaluation *<finding> = Present/Absent* (the thresholded decision) and the consistent
-probability as a unitless measurement, all attributed to the medmm algorithm (name, version,
-model id). Finding codes come from the ontology: SNOMED CT (``SCT``), then RadLex (``RADLEX``),
-then DICOM (``DCM``); findings without such a code use the local scheme ``99MEDMM``.
+probability as a unitless measurement (DCM 122157 *Probability*), all attributed to the medmm
+algorithm (name, version, model id). Finding codes come from the ontology: an *exact* SNOMED CT
+(``SCT``), RadLex (``RADLEX``) or DICOM (``DCM``) code first, then a *close* one in the same order
+(result.json says which kind of match it is); only a finding with no standard code at all uses the
+local scheme ``99MEDMM`` (declared in CodingSchemeIdentificationSequence). The SR passes
+``dciodvfy`` with 0 errors (``tests/inference/test_sr_dciodvfy.py``).
+
+Source series often lack optional or Type 2 attributes (PatientSex, PatientBirthDate, StudyID,
+AccessionNumber, ReferringPhysicianName, ...); they are added empty — Type 2 means "present, may
+be empty" — so the SR is still built and still valid.
 
 The SR references the source series: every source SOP instance is listed in the evidence
 sequence (that is how a PACS attaches the SR to its study) and each group names the central
@@ -14,7 +21,8 @@ Patient identity — decided here, documented in ``docs/inference.md``:
 
 * default: the SR is **de-identified** in the spirit of the DICOM PS3.15 Basic Profile. Patient
   name/ID become ``ANONYMOUS``; birth date, sex, age, study/series dates and times, accession
-  number, physician and institution are emptied; every source UID (study, series, SOP instance,
+  number, physician and institution are emptied (all Type 2 or 3 in the SR); the SR's own
+  ContentDate/ContentTime (Type 1) are the time medmm wrote the report, never a source date; every source UID (study, series, SOP instance,
   frame of reference) is replaced by a deterministic pseudonym ``generate_uid(entropy_srcs=
   [UID_SALT, uid])``. The SR therefore references the instances of a de-identified copy of the
   series made with the same mapping (the same source always maps to the same pseudonyms), and
@@ -32,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from medmm.errors import MedmmInputError
-from medmm.inference.writers.files import atomic_write_bytes
+from medmm.io.writers import atomic_write_bytes
 
 LOCAL_SCHEME = "99MEDMM"
 # ontology Code.system -> DICOM coding scheme designator, in order of preference
@@ -55,8 +63,6 @@ _PHI_EMPTY = (
     "SeriesTime",
     "AcquisitionDate",
     "AcquisitionTime",
-    "ContentDate",
-    "ContentTime",
     "InstitutionName",
     "InstitutionAddress",
     "StudyDescription",
@@ -64,16 +70,18 @@ _PHI_EMPTY = (
 
 
 def finding_concept(finding: str, codes: list[dict[str, str]]):
-    """The finding's coded concept: an *exact* SNOMED CT, RadLex or DICOM code, else a local code.
+    """The finding's coded concept: a standard code from the ontology, else a local code.
 
-    Close (approximate) matches are not used as the finding's identity; they stay in result.json.
+    Preference: exact SNOMED CT, RadLex, DICOM; then close matches in the same order (a close
+    standard code is more useful to a PACS than a private one; result.json keeps the match kind).
     """
     from highdicom.sr import CodedConcept
 
-    exact = {c["system"]: c["code"] for c in reversed(codes or []) if c.get("match") == "exact"}
-    for system, designator in SCHEME_DESIGNATORS.items():
-        if system in exact:
-            return CodedConcept(value=exact[system], scheme_designator=designator, meaning=finding)
+    for match in ("exact", "close"):
+        found = {c["system"]: c["code"] for c in reversed(codes or []) if c.get("match") == match}
+        for system, designator in SCHEME_DESIGNATORS.items():
+            if system in found:
+                return CodedConcept(value=found[system], scheme_designator=designator, meaning=finding)
     return CodedConcept(value=local_code(finding), scheme_designator=LOCAL_SCHEME, meaning=finding)
 
 
@@ -101,6 +109,29 @@ def _pseudonymise_uids(ds):
             setattr(ds, keyword, pseudonym_uid(getattr(ds, keyword)))
     if "file_meta" in ds.__dict__ and ds.file_meta is not None and "MediaStorageSOPInstanceUID" in ds.file_meta:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+# Patient/study attributes the SR copies from the first source instance (all Type 2 in the SR).
+_TYPE2_FROM_SOURCE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _with_type2(ds):
+    """A copy of ``ds`` with every Type 2 attribute the SR copies present (empty when missing)."""
+    ds = copy.deepcopy(ds)
+    for keyword in _TYPE2_FROM_SOURCE:
+        if keyword not in ds or ds[keyword].value is None:
+            setattr(ds, keyword, "")
     return ds
 
 
@@ -136,6 +167,7 @@ def build_sr(result: Any, evidence: list[Any], keep_phi: bool = False):
 
     from medmm import __version__
 
+    evidence = [_with_type2(ds) for ds in evidence]
     if not keep_phi:
         evidence = [_deidentify(_pseudonymise_uids(ds)) for ds in evidence]
     device = hd.sr.ObserverContext(
@@ -148,7 +180,7 @@ def build_sr(result: Any, evidence: list[Any], keep_phi: bool = False):
         name="medmm", version=__version__, parameters=[str(result.model.get("id"))]
     )
     central = evidence[len(evidence) // 2]
-    probability = CodedConcept(value="PROB", scheme_designator=LOCAL_SCHEME, meaning="Probability")
+    probability = codes.DCM.Probability  # DCM 122157
     groups = []
     for row in result.findings:
         concept = finding_concept(row["finding"], row.get("codes") or {})
@@ -187,7 +219,12 @@ def build_sr(result: Any, evidence: list[Any], keep_phi: bool = False):
     )
     if not keep_phi:
         sr = _deidentify(sr)
-    _declare_local_scheme(sr)
+    from medmm.inference.writers.notes import add_sr_comments  # i21 hook: input warnings as TEXT items
+
+    add_sr_comments(sr, result)
+    if any(finding_concept(r["finding"], r.get("codes") or []).scheme_designator == LOCAL_SCHEME
+           for r in result.findings):
+        _declare_local_scheme(sr)
     return sr
 
 

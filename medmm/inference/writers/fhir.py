@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from medmm.inference.writers.files import atomic_write_text
+from medmm.io.writers import atomic_write_text
 
 # ontology Code.system -> FHIR code system URI
 SYSTEMS = {
@@ -89,6 +89,10 @@ def build_bundle(result: Any) -> dict[str, Any]:
             "conclusion": result.report,
         },
     }
+    from medmm.inference.writers.notes import fhir_extensions  # input warnings (plausibility gate)
+
+    if extensions := fhir_extensions(result):
+        report["resource"]["extension"] = extensions
     return {"resourceType": "Bundle", "type": "collection", "entry": [report, *observations]}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medmm.errors import MedmmInputError
-from medmm.io.writers import atomic_write_bytes
+from medmm.io.writers import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 
 _SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm")
 
@@ -36,10 +36,11 @@ def check_out_dir(out_dir: str | Path, input_path: str | Path | None) -> Path:
     """Refuse an output folder inside the input: a DICOM folder, or the folder holding an input file.
 
     Writing next to DICOM files would change what the next ``load_volume`` of that folder sees,
-    and results must never mix with source data.
+    and results must never mix with source data. A single DICOM file stands for its whole series
+    (its folder is read), so for such an input no folder at or below the file's folder is allowed.
 
     Raises:
-        MedmmInputError: ``out_dir`` is inside (or equal to) the input folder.
+        MedmmInputError: ``out_dir`` is inside (or equal to) the input folder, or is a file.
     """
     out = Path(out_dir).resolve()
     blocking = next((p for p in (out, *out.parents) if p.exists()), None)
@@ -53,12 +54,26 @@ def check_out_dir(out_dir: str | Path, input_path: str | Path | None) -> Path:
             raise MedmmInputError(out_dir, "output folder is inside the input folder; pass --out somewhere else")
     elif out == src.parent:
         raise MedmmInputError(out_dir, "output folder is the input file's folder; pass --out to a separate folder")
+    elif src.parent in out.parents and _is_series_file(src):
+        raise MedmmInputError(
+            out_dir, "output folder is inside the input series' folder (a DICOM file is read with its whole "
+            "series); pass --out somewhere else",
+        )
     return out
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """UTF-8 text through :func:`medmm.io.writers.atomic_write_bytes` (temp file + ``os.replace``)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def _is_series_file(src: Path) -> bool:
+    """A single DICOM file (not NIfTI, not a zip): medmm loads its whole folder."""
+    from medmm.io.nifti import is_nifti_path
+
+    if is_nifti_path(src) or src.suffix.lower() in (".zip", ".csv", ".jsonl"):
+        return False
+    try:
+        with open(src, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return True  # unreadable: be strict
+    return not head.startswith(b"PK\x03\x04") or head[128:132] == b"DICM"
 
 
 def write_outputs(
@@ -72,7 +87,9 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write ``result.json`` (always), ``report.html``, ``report_sr.dcm`` and ``fhir.json`` on request.
 
-    ``result.json`` is written last, so its presence marks a finished scan (batch resume).
+    The set is written all-or-nothing into a locked folder, replacing (and removing the stale
+    files of) any previous set: see :mod:`medmm.inference.writers.outfolder`. ``result.json``
+    is put in place last, so its presence marks a finished scan (batch resume).
 
     Args:
         result: the :class:`~medmm.inference.Result`.
@@ -89,27 +106,18 @@ def write_outputs(
     Raises:
         MedmmInputError: bad output folder; SR requested for a non-DICOM input.
     """
-    out = check_out_dir(out_dir, input_path)
+    from medmm.inference.writers.outfolder import OutputFolder
+
+    with OutputFolder(out_dir, input_path, dicom_sr=dicom_sr) as folder:
+        return write_into(folder, result, html=html, dicom_sr=dicom_sr, fhir=fhir, keep_phi=keep_phi)
+
+
+def write_into(folder: Any, result: Any, **formats: bool) -> dict[str, Path]:
+    """:meth:`OutputFolder.write` with disk errors turned into one line naming the folder."""
+    from medmm.io.capture import library_warnings_deidentified
+
     try:
-        return _write_all(result, out, html, dicom_sr, fhir, keep_phi)
-    except OSError as err:  # disk full, permissions...: one line naming the folder (atomic: no partial file)
-        raise MedmmInputError(out_dir, f"cannot write outputs ({err.strerror or type(err).__name__})") from None
-
-
-def _write_all(result: Any, out: Path, html: bool, dicom_sr: bool, fhir: bool, keep_phi: bool) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    if dicom_sr:
-        from medmm.inference.writers.dicom_sr import write_dicom_sr
-
-        written["dicom_sr"] = write_dicom_sr(result, out / "report_sr.dcm", keep_phi=keep_phi)
-    if fhir:
-        from medmm.inference.writers.fhir import write_fhir
-
-        written["fhir"] = write_fhir(result, out / "fhir.json")
-    if html:
-        from medmm.inference.writers.html import write_html
-
-        written["html"] = write_html(result, out / "report.html")
-    written["json"] = atomic_write_text(out / "result.json", result.to_json())
-    return written
+        with library_warnings_deidentified():
+            return folder.write(result, json_writer=lambda p, text: atomic_write_text(p, text), **formats)
+    except OSError as err:  # disk full, permissions...: one line naming the folder (atomic: no partial set)
+        raise MedmmInputError(folder.out_dir, f"cannot write outputs ({err.strerror or type(err).__name__})") from None

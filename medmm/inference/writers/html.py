@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from medmm.inference.result import findings_table_html
-from medmm.inference.writers.files import atomic_write_text
+from medmm.inference.writers.notes import html_block
+from medmm.io.writers import atomic_write_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -139,6 +140,7 @@ def render_html(result: Any) -> str:
 <p class="note">Research use only; not a medical device. Model {html.escape(str(model.get("id")))},
 input {html.escape(str(geo.get("shape")))} voxels at {html.escape(str(geo.get("spacing")))} mm
 ({html.escape(str(geo.get("orientation")))}).</p>
+{html_block(result)}
 {indication}
 <h2>Generated report</h2>
 {report_html(result)}
