@@ -8,7 +8,8 @@ classifies the scan, writes the report grounded on its decisions and verifies it
 - ``truncated``: fraction of reports that do not end a sentence;
 - CE-F1 micro/macro (labeler on generated vs reference reports) beside the classifier's own F1
   at its stored thresholds against the true labels (the ceiling of CE-F1 when agreement is 1);
-- ``distinct_4`` (distinct 4-grams / all 4-grams over all reports), mean words, repairs per report;
+- ``distinct_4`` (distinct 4-grams / all 4-grams over all reports), mean tokens, repairs per report
+  (the shared metrics of ``medmm.evaluation.text_metrics``);
 - report seconds per scan (decoding + verification, after the classifier) and the ratio to the
   2 s budget.
 
@@ -28,17 +29,6 @@ from pathlib import Path
 BUDGET_S = 2.0
 
 
-# The shared versions of these metrics go into medmm.evaluation.text_metrics (issue 16 part 7);
-# these small pure functions keep the benchmark self-contained until then.
-def _truncated(reports: list[str]) -> float:
-    return sum(not r.rstrip().endswith((".", "!", "?")) for r in reports) / max(1, len(reports))
-
-
-def _distinct(reports: list[str], n: int = 4) -> float:
-    grams = [tuple(w[i:i + n]) for w in (r.lower().split() for r in reports) for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="trained run directory")
@@ -54,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     from medmm.inference import load_model
     from medmm.io import load_volume
     from medmm.knowledge import ReportLabeler
+    from medmm.evaluation.text_metrics import agreement, distinct_n, mean_tokens, truncated_fraction
     from medmm.knowledge.labeler import clinical_efficacy_f1, label_f1
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -80,18 +71,18 @@ def main(argv: list[str] | None = None) -> dict:
         truth.append({f: int((case.labels or {}).get(f, 0) == 1) for f in labels})
 
     stated = [labeler(r) for r in reports]
-    pairs = [(s[f] == 1) == (d[f] == 1) for s, d in zip(stated, decided) for f in labels]
+    agree = agreement(stated, [[d[f] for f in labels] for d in decided], labels)
     ce = clinical_efficacy_f1(reports, references, labeler)
     classifier = label_f1(decided, truth, labels)
     out = {
         "run": args.run.name, "data": str(args.data), "n_scans": len(cases),
-        "agreement": sum(pairs) / len(pairs),
-        "truncated": _truncated(reports),
+        "agreement": agree["agreement"], "disagreements": agree["disagreements"],
+        "truncated": truncated_fraction(reports),
         "ce_f1_micro": ce["micro"]["f1"], "ce_f1_macro": ce["macro"]["f1"],
         "classifier_f1_micro": classifier["micro"]["f1"], "classifier_f1_macro": classifier["macro"]["f1"],
-        "distinct_4": _distinct(reports),
+        "distinct_4": distinct_n(reports, 4),
         "distinct_reports": len(set(reports)) / max(1, len(reports)),
-        "mean_words": statistics.mean(len(r.split()) for r in reports),
+        "mean_tokens": mean_tokens(reports),
         "mean_repairs": statistics.mean(repairs), "reports_repaired": sum(r > 0 for r in repairs) / len(repairs),
         "report_s_mean": statistics.mean(seconds), "report_s_max": max(seconds),
         "report_s_ratio_to_budget": statistics.mean(seconds) / BUDGET_S,
