@@ -120,7 +120,7 @@ def test_lora_tiny_llama_trains_an_epoch_on_phantoms(tmp_path):
     train(wf, run_dir=tmp_path / "run")
     meta = json.loads((tmp_path / "run" / "medmm.json").read_text())
     assert meta["report_lm"]["saved"] == "adapter"
-    assert meta["model"]["report_generator"]["max_new_tokens"] > 50  # whole reports, from the length percentile
+    assert meta["workflow"]["network"]["report_generator"]["max_new_tokens"] > 50  # whole reports, from the length percentile
     predictor = load_model(tmp_path / "run", device="cpu")
     case = sorted(p for p in (tmp_path / "data").rglob("*.nii.gz"))[0]
     result = predictor.predict(case)
