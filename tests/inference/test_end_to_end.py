@@ -57,10 +57,11 @@ def test_api_all_formats_agree(predictor, trained):
 
 def test_checkpoint_meta_drives_predictor(predictor, trained):
     meta = json.loads((trained["run"] / "medmm.json").read_text())
-    assert predictor.labels == meta["labels"]
+    workflow = meta["workflow"]
+    assert predictor.labels == workflow["data"]["labels"]
     assert predictor.thresholds == {k: float(v) for k, v in meta["thresholds"].items()}
-    assert list(predictor.inferer.roi_size) == meta["inferer"]["roi_size"]
-    assert predictor.preprocessing.model_dump(mode="json")["spacing"] == meta["preprocessing"]["spacing"]
+    assert list(predictor.inferer.roi_size) == (workflow["inferer"]["roi_size"] or workflow["preprocessing"]["roi_size"])
+    assert predictor.preprocessing.model_dump(mode="json") == workflow["preprocessing"]
 
 
 def test_ontology_mismatch_is_refused(trained, tmp_path):
@@ -69,11 +70,11 @@ def test_ontology_mismatch_is_refused(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained["run"], run, ignore=shutil.ignore_patterns("state*", "tb"))
     meta = json.loads((run / "medmm.json").read_text())
-    meta["ontology_sha256"] = meta["ontology"]["sha256"] = "0" * 64
+    meta["ontology"]["sha256"] = "0" * 64
     (run / "medmm.json").write_text(json.dumps(meta))
     with pytest.raises(MedmmConfigError, match="ontology"):
         load_model(run, device="cpu")
-    assert load_model(run, device="cpu", allow_ontology_mismatch=True).labels == meta["labels"]
+    assert load_model(run, device="cpu", allow_ontology_mismatch=True).labels == meta["workflow"]["data"]["labels"]
 
 
 def test_sliding_window_matches_direct_pass_and_runs_large(predictor):

@@ -195,6 +195,8 @@ def test_cli_train_and_label(tmp_path, capsys, reports, tiny_bert):
     (["data", "label", "--data", "{tmp}/reports.csv", "--labeler", "{tmp}", "--out", "{tmp}/o.csv"], "not a learned labeler folder"),
     (["labeler", "train", "--data", "{tmp}/partial.csv", "--out", "{tmp}/lab"], "missing label column"),
     (["labeler", "train", "--data", "{tmp}/three.csv", "--out", "{tmp}/lab"], "three.csv: 3 reports are too few"),
+    (["labeler", "train", "--data", "{tmp}/reports.csv", "--out", "{tmp}/lab", "--model", "{tmp}/no_model"],
+     "--model: cannot load .*no_model.* offline"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, reports, args, match):
     texts, y = reports
