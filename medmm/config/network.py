@@ -111,6 +111,16 @@ class TextEncoderConfig(Strict):
         return self
 
 
+class LoraConfig(Strict):
+    """LoRA adapters (``peft``) on a pretrained report LM; its own weights stay frozen."""
+
+    r: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt, e.g. [q_proj, v_proj]; None = peft's default for the architecture")
+
+
 class ReportGeneratorConfig(Strict):
     """Causal LM that writes the report, conditioned on the image tokens.
 
@@ -140,11 +150,25 @@ class ReportGeneratorConfig(Strict):
     # ``NetworkDerived.vocab_ids``): the output projection and softmax, most of the LM's cost over
     # a 30k-token WordPiece vocabulary, shrink ~50x. ``tokenizer`` keeps the whole vocabulary.
     vocabulary: Literal["training_reports", "tokenizer"] = "training_reports"
+    # --- issue 16: grounding, report length, LoRA (medmm.models.grounding / report_length / lora)
+    grounding: Literal["none", "findings"] = Field(
+        "none", description="findings: the LM also reads one prompt token per finding (decisions at inference)")
+    grounding_hide: float = Field(0.15, ge=0.0, le=1.0, description="training: share of findings shown as unknown")
+    grounding_flip: float = Field(0.03, ge=0.0, le=0.5, description="training: share of findings shown flipped")
+    length_percentile: float | None = Field(
+        None, gt=0, le=100, description="training sets max_new_tokens to this percentile of the training "
+        "reports' token lengths (and max_report_tokens to their maximum)")
+    lora: LoraConfig | None = None
+    reports_per_batch: int | None = Field(
+        None, ge=1, description="teacher-force at most this many reports of each training batch (CPU budget for "
+        "full-length reports); None = all")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ReportGeneratorConfig:
         if self.name_or_path is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.lora is not None and self.name_or_path is None:
+            raise ValueError("lora needs a pretrained LM (set name_or_path to a local causal-LM folder)")
         if self.name_or_path is not None and self.conditioning == "cross_attention":
             raise ValueError("cross_attention conditioning needs the from-scratch decoder (name_or_path: null)")
         return self

@@ -45,6 +45,7 @@ class TensorPrediction(NamedTuple):
     probs: torch.Tensor
     reports: list[str]
     texts: list[str]
+    report_checks: list[dict[str, Any]] = []
 
 
 def _weights_id(run_dir: Path, checkpoint: str) -> str:
@@ -83,6 +84,28 @@ class Predictor:
         self.use_generated_report = meta.text.use_generated_report
         self.use_indication = meta.text.use_indication
         self.model_id = f"{meta.name}@{_weights_id(run_dir, checkpoint)}"
+        self._init_report_checks(ontology)
+
+    def _init_report_checks(self, ontology: Any) -> None:
+        """Calibration of the logits and the report verifier (issue 16; medmm.models.calibration/report_verifier)."""
+        from medmm.knowledge import ReportLabeler
+        from medmm.models.calibration import Calibration
+        from medmm.models.report_verifier import ReportVerifier
+
+        self.calibration = Calibration(self.meta.calibration, self.labels)
+        self.verifier = ReportVerifier(ReportLabeler(ontology, self.labels), self.labels,
+                                       getattr(self.model, "report_generator", None))
+
+    def verified_reports(self, tokens: torch.Tensor, decisions: torch.Tensor, drafts: list[str]) -> list[Any]:
+        """Reports grounded on (and verified against) ``decisions`` (``medmm.models.report_verifier``).
+
+        ``drafts``: the reports `predict_step` decoded (ungrounded models); a grounded model writes
+        its report here, from the decisions.
+        """
+        from medmm.models.report_verifier import is_grounded, write_verified_reports
+
+        return write_verified_reports(self.model, tokens, decisions.bool(), self.verifier,
+                                      None if is_grounded(self.model) else drafts)
 
     # --------------------------------------------------------------- stages
     def preprocess(self, path_or_volume: Any, series: str | None = None) -> torch.Tensor:
@@ -116,13 +139,14 @@ class Predictor:
         """
         x = torch.as_tensor(x).to(self.device)
         if texts is None:
-            return self.step(x, indications).logits
+            return self.calibration.logits(self.step(x, indications).logits)
         if len(texts) != x.shape[0]:
             raise ValueError(f"got {len(texts)} texts for a batch of {x.shape[0]} images")
         if not self.model.uses_text:  # an image-only head reads no text: nothing to generate
-            return self.model.predict_step(feature_map=self.feature_map(x), generate=False,
-                                           use_generated_report=False, use_indication=False).logits
-        return self.step(x, text_emb=self.model.encode_text(list(texts))).logits
+            return self.calibration.logits(self.model.predict_step(
+                feature_map=self.feature_map(x), generate=False, use_generated_report=False,
+                use_indication=False).logits)
+        return self.calibration.logits(self.step(x, text_emb=self.model.encode_text(list(texts))).logits)
 
     def predict_tensor(self, x: torch.Tensor, indications: list[str | None] | None = None) -> TensorPrediction:
         """Batch prediction on preprocessed images (no gradient): logits, raw/consistent probs."""
@@ -130,9 +154,12 @@ class Predictor:
 
         with torch.inference_mode():
             out = self.step(x, indications)
-            probs_raw = torch.sigmoid(out.logits)
+            logits = self.calibration.logits(out.logits)
+            probs_raw = torch.sigmoid(logits)
             probs = make_consistent(probs_raw.cpu(), self.constraints, track_repairs=False).probs
-        return TensorPrediction(out.logits.cpu(), probs_raw.cpu(), probs.cpu(), out.reports, out.texts)
+            checked = self.verified_reports(out.tokens, self.decide(probs), out.reports)
+        return TensorPrediction(logits.cpu(), probs_raw.cpu(), probs.cpu(), [c.text for c in checked], out.texts,
+                                [c.to_json() for c in checked])
 
     # -------------------------------------------------------------- predict
     def predict(self, path_or_volume: Any, indication: str | None = None, series: str | None = None,
@@ -171,14 +198,15 @@ class Predictor:
 
         with torch.inference_mode():
             out = self.step(image.as_tensor()[None], [indication])
-            fm, text_emb, report = out.feature_map, out.text_emb, out.reports[0]
-            probs_raw = torch.sigmoid(out.logits).cpu()
+            fm, text_emb, tokens, drafts = out.feature_map, out.text_emb, out.tokens, out.reports
+            probs_raw = torch.sigmoid(self.calibration.logits(out.logits)).cpu()
         consistent = make_consistent(probs_raw, self.constraints)
         probs = consistent.probs
         repairs = list(consistent.repairs[0])
         # per-finding thresholds differ, so thresholding consistent probabilities could still give
         # inconsistent decisions; consistent_decisions guarantees them (docs/knowledge.md)
         decisions = self.decide(probs)[0].tolist()
+        checked = self.verified_reports(tokens, torch.tensor([decisions]), drafts)[0]
 
         findings = self._findings(probs_raw[0].tolist(), probs[0].tolist(), repairs, decisions)
         by_name = {row["finding"]: row for row in findings}
@@ -197,7 +225,8 @@ class Predictor:
         del image
         return Result(
             findings=findings,
-            report=report,
+            report=checked.text,
+            report_check=checked.to_json(),
             indication=indication,
             model=self.model_info(),
             input=input_info,
@@ -287,6 +316,8 @@ class Predictor:
                     "codes": _codes(self.ontology, label),
                     "ontology_path": _path(self.ontology, label),
                     "repaired": [_repair_text(r) for r in repairs if getattr(r, "label", None) == label],
+                    "reliable": label not in self.calibration.unreliable,
+                    "unreliable_reason": self.calibration.unreliable.get(label),
                 }
             )
         return rows

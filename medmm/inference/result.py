@@ -28,6 +28,7 @@ FINDING_COLUMNS = (
     "codes",
     "ontology_path",
     "repaired",
+    "reliable",
 )
 
 
@@ -85,6 +86,7 @@ class Result:
     preprocessed: dict[str, Any]
     inference: dict[str, Any]
     consistency: dict[str, Any]
+    report_check: dict[str, Any] = field(default_factory=dict)
     image: np.ndarray | None = field(default=None, repr=False)
     image_affine: np.ndarray | None = field(default=None, repr=False)
     source_files: list[Any] = field(default_factory=list, repr=False)
@@ -147,6 +149,7 @@ class Result:
             "inference": self.inference,
             "indication": self.indication,
             "report": self.report,
+            "report_check": _jsonable(self.report_check),
             "findings": [_jsonable(row) for row in self.findings],
             "consistency": _jsonable(self.consistency),
             "warnings": [str(w) for w in self.warnings],
@@ -180,7 +183,8 @@ class Result:
 def findings_table_html(result: Result) -> str:
     """An HTML table of the findings (escaped; positive rows in bold)."""
     head = "".join(
-        f"<th>{h}</th>" for h in ("finding", "p (raw)", "p (consistent)", "threshold", "positive", "ontology path")
+        f"<th>{h}</th>" for h in ("finding", "p (raw)", "p (consistent)", "threshold", "positive", "reliable",
+                                  "ontology path")
     )
     rows = []
     for row in result.findings:
@@ -189,9 +193,16 @@ def findings_table_html(result: Result) -> str:
         rows.append(
             f"<tr{style}><td>{html.escape(row['finding'])}</td><td>{row['probability_raw']:.3f}</td>"
             f"<td>{row['probability']:.3f}</td><td>{row['threshold']:.2f}</td>"
-            f"<td>{'yes' if row['positive'] else 'no'}</td><td>{path}</td></tr>"
+            f"<td>{'yes' if row['positive'] else 'no'}</td>{_reliability_cell(row)}<td>{path}</td></tr>"
         )
     return f'<table class="medmm-findings"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _reliability_cell(row: dict[str, Any]) -> str:
+    """'yes', or 'unreliable' with the calibration's reason as a tooltip (``medmm.models.calibration``)."""
+    if row.get("reliable", True):
+        return "<td>yes</td>"
+    return f'<td title="{html.escape(str(row.get("unreliable_reason") or ""))}">unreliable</td>'
 
 
 def _jsonable(obj: Any) -> Any:

@@ -34,6 +34,38 @@ FINDING_SCHEMA = {
         },
         "ontology_path": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "repaired": {"type": "array", "items": {"type": "string"}},
+        "reliable": {"type": "boolean"},
+        "unreliable_reason": {"type": ["string", "null"]},
+    },
+}
+
+# What the report verifier did (medmm.models.report_verifier): agreement and sentence repairs.
+REPORT_CHECK_SCHEMA = {
+    "type": "object",
+    "required": ["agrees", "disagreements", "draft", "n_repairs", "repairs"],
+    "additionalProperties": False,
+    "properties": {
+        "agrees": {"type": "boolean"},
+        "disagreements": {"type": "array", "items": {"type": "string"}},
+        "draft": {"type": "string"},
+        "n_repairs": {"type": "integer", "minimum": 0},
+        "repairs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["section", "action", "finding", "reason", "before", "after"],
+                "additionalProperties": False,
+                "properties": {
+                    "section": {"enum": ["findings", "impression"]},
+                    "action": {"enum": ["removed truncated", "removed repeat", "re-decoded", "removed",
+                                        "forced mention", "ontology sentence"]},
+                    "finding": {"type": ["string", "null"]},
+                    "reason": {"type": "string"},
+                    "before": {"type": ["string", "null"]},
+                    "after": {"type": ["string", "null"]},
+                },
+            },
+        },
     },
 }
 
@@ -91,6 +123,7 @@ RESULT_JSON_SCHEMA = {
         },
         "indication": {"type": ["string", "null"]},
         "report": {"type": "string"},
+        "report_check": REPORT_CHECK_SCHEMA,
         "findings": {"type": "array", "items": FINDING_SCHEMA, "minItems": 1},
         "consistency": {
             "type": "object",

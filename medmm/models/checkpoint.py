@@ -21,6 +21,7 @@ import torch
 
 from medmm.errors import MedmmInputError
 from medmm.io.writers import atomic_write_bytes
+from medmm.models.lora import base_record, check_base
 from medmm.models.medmm import MedMM
 from medmm.models.pretrained import weights_sha256
 from medmm.models.run_meta import META_FILE, RUN_SCHEMA, RunMeta, read_run_meta  # noqa: F401  (re-exported)
@@ -50,9 +51,15 @@ def _skipped_keys(model: MedMM) -> set[str]:
     """State-dict keys taken from the pretrained text encoder's files instead of the checkpoint."""
     encoder = model.text_encoder
     if encoder is None or encoder.cfg.tuning == "full":
-        return set()
+        return _frozen_lm_keys(model)
     trainable = {name for name, p in encoder.model.named_parameters() if p.requires_grad}
-    return {f"text_encoder.model.{key}" for key in encoder.model.state_dict() if key not in trainable}
+    skipped = {f"text_encoder.model.{key}" for key in encoder.model.state_dict() if key not in trainable}
+    return skipped | _frozen_lm_keys(model)
+
+
+def _frozen_lm_keys(model: MedMM) -> set[str]:
+    """Frozen base weights of a LoRA report LM (re-read from its folder; issue 16, medmm.models.lora)."""
+    return {f"report_generator.{key}" for key in model.report_generator.frozen_keys()}
 
 
 def _text_encoder_record(model: MedMM) -> dict[str, Any] | None:
@@ -105,7 +112,7 @@ def save_checkpoint(model: MedMM, directory: str | Path, name: str, meta: RunMet
     previous = _existing_checkpoints(directory)
     previous[name] = {"file": weights_path.name, "n_tensors": len(tensors)}
     record = {**meta.model_dump(mode="json", by_alias=True), "text_encoder": _text_encoder_record(model),
-              "versions": _versions(), "checkpoints": previous}
+              "report_lm": base_record(model), "versions": _versions(), "checkpoints": previous}
     meta = RunMeta.model_validate(record)  # so the file re-reads exactly as written
     atomic_write_bytes(directory / META_FILE, meta.to_json().encode("utf-8"))
     return weights_path
@@ -180,6 +187,7 @@ def load_checkpoint(directory: str | Path, name: str = "best",
                 f"text encoder {record.name_or_path!r} has different weights (sha256 {str(current)[:12]}...) "
                 f"from those this checkpoint was trained with ({record.weights_sha256[:12]}...)",
             )
+    check_base(meta.report_lm.model_dump() if meta.report_lm is not None else None, path)
     try:
         model = MedMM(meta.network, meta.labels, meta.network_derived)
     except ValueError as err:

@@ -87,7 +87,8 @@ class MedMM(nn.Module):
                 else load_tokenizer(config.text_encoder.name_or_path)
             )
         self.report_generator = ReportGenerator(config.report_generator, self.image_encoder.embed_dim, shared_tokenizer,
-                                                self.derived.vocab_ids)
+                                                self.derived.vocab_ids, n_findings=len(labels),
+                                                n_image_tokens=config.image_encoder.n_tokens)
         text_dim = self.text_encoder.dim if self.text_encoder is not None else 0
         self.fusion = FusionHead(config.fusion, self.image_encoder.embed_dim, text_dim, len(labels))
 
@@ -118,9 +119,10 @@ class MedMM(nn.Module):
         if self.radiomics is not None:
             self.radiomics.cache_enabled = enabled
 
-    def report_loss(self, tokens: torch.Tensor, reports: Sequence[str]) -> torch.Tensor:
-        """Teacher-forced LM loss of the reference ``reports`` given the image ``tokens`` (scalar)."""
-        return self.report_generator.loss(tokens, reports)
+    def report_loss(self, tokens: torch.Tensor, reports: Sequence[str], findings: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced LM loss of the reference ``reports`` given the image ``tokens`` (and, for a
+        grounded generator, the training labels ``findings [B, L]``) (scalar)."""
+        return self.report_generator.loss(tokens, reports, findings)
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Text embeddings ``[B, T]`` for the fusion head (build texts with ``fusion_text``).
@@ -173,7 +175,8 @@ class MedMM(nn.Module):
         n = int(fmap.shape[0])
         reports, texts = [""] * n, [""] * n
         if text_emb is None:
-            if generate:
+            grounded = getattr(getattr(self, "report_generator", None), "grounded", False)
+            if generate and not grounded:  # a grounded report is written from the decisions (predictor)
                 reports = self.generate_reports(tokens)
             elif use_generated_report and self.uses_text:
                 raise ValueError("the fusion head reads generated reports; generate=False would feed it empty ones")
@@ -186,11 +189,11 @@ class MedMM(nn.Module):
                          **decode: object) -> list[str]:
         """Decode one report per image from its tokens (never differentiable).
 
-        ``findings_probs`` is the hook for findings-grounded generation (not used yet);
-        ``decode`` overrides ``max_new_tokens``, ``num_beams``, ....
+        ``findings_probs`` ``[B, L]``: the finding states (decisions) a grounded generator reads
+        (``medmm.models.grounding``); ``decode`` overrides ``max_new_tokens``, ``num_beams``, ....
         """
         with torch.no_grad():
-            return [str(r) for r in self.report_generator.generate(tokens.detach(), **decode)]
+            return [str(r) for r in self.report_generator.generate(tokens.detach(), findings=findings_probs, **decode)]
 
     def forward(self, image: torch.Tensor, texts: Sequence[str] | None = None) -> torch.Tensor:
         """Image (+ fusion texts, one per image) → logits ``[B, L]``; ``texts`` is ignored when image-only."""

@@ -13,7 +13,6 @@ folder is loaded with ``AutoModelForCausalLM`` and its own tokenizer.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -23,73 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmm.config.network import ReportGeneratorConfig
+from medmm.errors import MedmmConfigError
+from medmm.models.grounding import FindingsPrompt, finding_states, noisy_findings
 from medmm.models.pretrained import load_causal_lm, load_tokenizer
+from medmm.models.report_tokens import (  # noqa: F401  (re-exported: the generator's public helpers)
+    _decoder_specials,
+    _MaskTokens,
+    _never_generate,
+    report_vocabulary,
+    special_token_ids,
+    tidy_report,
+)
 
 IGNORE_INDEX = -100  # label value cross-entropy skips (transformers' convention)
-
-
-def special_token_ids(tokenizer: Any) -> tuple[int, int, int]:
-    """``(bos, eos, pad)`` ids: GPT-style tokens when present, else BERT's [CLS]/[SEP]/[PAD]."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    if bos is None:
-        bos = eos
-    if eos is None:
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither an eos nor a [SEP] token")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return int(bos), int(eos), int(pad)
-
-
-def report_vocabulary(reports: Sequence[str], tokenizer: Any) -> list[int]:
-    """Sorted tokenizer ids that ``reports`` use, plus the special tokens a decoder needs.
-
-    The compact vocabulary of a from-scratch decoder (``vocabulary: training_reports``).
-    """
-    ids = _decoder_specials(tokenizer)
-    texts = [r for r in reports if r]
-    for start in range(0, len(texts), 512):
-        for seq in tokenizer(texts[start:start + 512], add_special_tokens=False)["input_ids"]:
-            ids.update(seq)
-    return sorted(ids)
-
-
-def _decoder_specials(tokenizer: Any) -> set[int]:
-    """bos, eos, pad and (if the tokenizer has one) [UNK]: every decoder vocabulary holds them."""
-    unk = tokenizer.unk_token_id
-    return set(special_token_ids(tokenizer)) | ({int(unk)} if unk is not None else set())
-
-
-def _never_generate(tokenizer: Any, eos_id: int) -> list[int]:
-    """Special and placeholder tokens a report must never contain ([CLS], [PAD], [MASK], [unusedN], ...)."""
-    ids = set(tokenizer.all_special_ids) - {eos_id}
-    ids |= {i for tok, i in tokenizer.get_vocab().items() if re.fullmatch(r"\[unused\d+\]", tok)}
-    return sorted(ids)
-
-
-class _MaskTokens:
-    """Logits processor setting banned token ids to -inf.
-
-    Hand-written rather than ``GenerationConfig.suppress_tokens`` because that one rebuilds its
-    mask with ``torch.isin`` over the whole vocabulary at every step (~1000 banned ids x 30k
-    vocabulary); here the index tensor is built once per device.
-    """
-
-    def __init__(self, ids: list[int]):
-        self.ids = torch.tensor(ids, dtype=torch.long)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.ids.device != scores.device:
-            self.ids = self.ids.to(scores.device)
-        return scores.index_fill(1, self.ids, float("-inf"))
-
-
-_SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
-
-
-def tidy_report(text: str) -> str:
-    """Collapse whitespace and capitalise sentence starts (an uncased WordPiece LM writes lowercase)."""
-    text = " ".join(text.split())
-    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
 
 
 class ReportGenerator(nn.Module):
@@ -104,9 +49,17 @@ class ReportGenerator(nn.Module):
     """
 
     def __init__(self, cfg: ReportGeneratorConfig, image_dim: int, tokenizer: Any,
-                 vocab_ids: Sequence[int] | None = None):
+                 vocab_ids: Sequence[int] | None = None, n_findings: int = 0, n_image_tokens: int = 0):
         super().__init__()
         self.cfg = cfg
+        if cfg.name_or_path is None and cfg.grounding == "findings":
+            prefix = n_findings + (n_image_tokens if cfg.conditioning == "prefix" else 0)
+            need = prefix + 2 + max(cfg.max_report_tokens, cfg.max_new_tokens)
+            if need > cfg.n_positions:
+                raise MedmmConfigError(
+                    "network.report_generator.n_positions",
+                    f"{cfg.n_positions} is too small: {n_findings} finding + {prefix - n_findings} image prompt tokens, "
+                    f"bos/eos and {max(cfg.max_report_tokens, cfg.max_new_tokens)} report tokens need {need}")
         if cfg.name_or_path is None:
             from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -130,12 +83,22 @@ class ReportGenerator(nn.Module):
         else:
             self.tokenizer = load_tokenizer(cfg.name_or_path, where="network.report_generator.name_or_path")
             self.lm = load_causal_lm(cfg.name_or_path)
+            if cfg.lora is not None:
+                from medmm.models.lora import apply_lora
+
+                self.lm = apply_lora(self.lm, cfg.lora)
             self._compact_vocabulary(None)
         # GPT-2's logits are exactly lm_head(transformer(...)); other LMs may post-process them
         self._split_head = type(self.lm).__name__ == "GPT2LMHeadModel"
         width = int(self.lm.get_input_embeddings().embedding_dim)
         # two-layer MLP projector (ClipCap / LLaVA-1.5 style) from image tokens to LM embeddings
         self.projector = nn.Sequential(nn.Linear(image_dim, width), nn.GELU(), nn.Linear(width, width))
+        self.findings_prompt: FindingsPrompt | None = None
+        if cfg.grounding == "findings":
+            if n_findings < 1:
+                raise MedmmConfigError("network.report_generator.grounding", "findings grounding needs the model's labels")
+            self.findings_prompt = FindingsPrompt(n_findings, width)
+        self.n_findings = n_findings
 
     # ----------------------------------------------------------------------------- vocabulary
     def _compact_vocabulary(self, vocab_ids: Sequence[int] | None) -> None:
@@ -190,16 +153,35 @@ class ReportGenerator(nn.Module):
             mask[row, : len(seq)] = 1
         return ids.to(device), mask.to(device)
 
-    def _prefix(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.projector(tokens).to(self.lm.dtype)
+    def _prefix(self, tokens: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected image tokens, after the findings prompt when the generator is grounded."""
+        prefix = self.projector(tokens)
+        if self.findings_prompt is not None:
+            if states is None:
+                raise ValueError("a findings-grounded report generator needs the findings (decisions) of each image")
+            prefix = torch.cat([self.findings_prompt(states.to(prefix.device)), prefix], dim=1)
+        return prefix.to(self.lm.dtype)
+
+    @property
+    def grounded(self) -> bool:
+        return self.findings_prompt is not None
+
+    def frozen_keys(self) -> set[str]:
+        """State-dict keys (relative to this module) of frozen pretrained LM weights (a LoRA base)."""
+        if self.cfg.lora is None:
+            return set()
+        trainable = {name for name, p in self.lm.named_parameters() if p.requires_grad}
+        return {f"lm.{key}" for key in self.lm.state_dict() if key not in trainable}
 
     # ----------------------------------------------------------------------------- training
-    def loss(self, tokens: torch.Tensor, reports: Sequence[str]) -> torch.Tensor:
+    def loss(self, tokens: torch.Tensor, reports: Sequence[str], findings: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced next-token cross-entropy over report tokens (and eos) only.
 
         Args:
             tokens: image tokens ``[B, N, D]``.
             reports: one reference report per image.
+            findings: ``[B, L]`` labels (1/0/-1) for a grounded generator; in training mode
+                perturbed by :func:`noisy_findings`.
 
         Returns:
             Scalar mean loss; the image prefix, the given bos token and padding carry no loss.
@@ -211,7 +193,12 @@ class ReportGenerator(nn.Module):
         ids, mask = self._report_ids(reports, tokens.device)
         labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
         labels[:, 0] = IGNORE_INDEX  # bos is given, never predicted
-        prefix = self._prefix(tokens)
+        states = None
+        if self.grounded and findings is not None:
+            cfg = self.cfg
+            states = (noisy_findings(findings, cfg.grounding_hide, cfg.grounding_flip) if self.training
+                      else finding_states(findings))
+        prefix = self._prefix(tokens, states)
         embeds = self.lm.get_input_embeddings()(ids)
         extra = {}
         if self.cfg.conditioning == "cross_attention":
@@ -246,26 +233,42 @@ class ReportGenerator(nn.Module):
         repetition_penalty: float | None = None,
         no_repeat_ngram_size: int | None = None,
         length_penalty: float | None = None,
+        findings: torch.Tensor | None = None,
+        prompt: str | None = None,
+        bad_words: Sequence[str] = (),
+        stop_at_sentence: bool = False,
     ) -> list[str]:
         """Write one report per image (greedy when ``num_beams == 1``, else beam search).
 
         Unset arguments take the config's decoding defaults. Runs the LM in eval mode (no
         dropout, so greedy decoding is deterministic) and restores the previous mode.
+
+        Args:
+            findings: ``[B, L]`` finding states (the decisions) for a grounded generator.
+            prompt: text every report is forced to start with (the verifier's forced mention);
+                only the continuation is returned.
+            bad_words: phrases the decoder may not write (transformers' ``bad_words_ids``).
+            stop_at_sentence: end at the first full stop (one sentence).
         """
         from transformers import GenerationConfig
 
         cfg = self.cfg
+        beams = num_beams or cfg.num_beams
+        eos: int | list[int] = self.eos_id
+        if stop_at_sentence and self._period_id is not None:
+            eos = [self.eos_id, self._period_id]
         gen_config = GenerationConfig(
             max_new_tokens=max_new_tokens or cfg.max_new_tokens,
-            num_beams=num_beams or cfg.num_beams,
+            num_beams=beams,
             do_sample=False,
             repetition_penalty=repetition_penalty or cfg.repetition_penalty,
             no_repeat_ngram_size=cfg.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
             length_penalty=cfg.length_penalty if length_penalty is None else length_penalty,
-            early_stopping=(num_beams or cfg.num_beams) > 1,
+            early_stopping=beams > 1,
             bos_token_id=self.bos_id,
-            eos_token_id=self.eos_id,
+            eos_token_id=eos,
             pad_token_id=self.pad_id,
+            bad_words_ids=self.phrase_ids(bad_words) or None,
         )
         was_training = self.training
         self.eval()
@@ -274,19 +277,21 @@ class ReportGenerator(nn.Module):
                 # the penalties are meant for the report only; the image prefix has no token ids
                 warnings.filterwarnings("ignore", message=r"Passing `(repetition_penalty|no_repeat_ngram_size)`")
                 batch = tokens.shape[0]
-                prefix = self._prefix(tokens)
-                bos = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=tokens.device)
+                states = None if findings is None else finding_states(findings)
+                prefix = self._prefix(tokens, states)
+                forced = self.encode(prompt) if prompt else []
+                start = torch.tensor([[self.bos_id, *forced]] * batch, dtype=torch.long, device=tokens.device)
                 if cfg.conditioning == "cross_attention":
                     out = self.lm.generate(
-                        input_ids=bos,
-                        attention_mask=torch.ones_like(bos),
+                        input_ids=start,
+                        attention_mask=torch.ones_like(start),
                         encoder_hidden_states=prefix,
                         generation_config=gen_config,
                         logits_processor=self._processors(),
                     )
-                    out = out[:, 1:]  # drop the bos we gave
+                    out = out[:, start.shape[1]:]  # drop the bos and the forced prompt we gave
                 else:
-                    embeds = torch.cat([prefix, self.lm.get_input_embeddings()(bos)], dim=1)
+                    embeds = torch.cat([prefix, self.lm.get_input_embeddings()(start)], dim=1)
                     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=tokens.device)
                     # with only inputs_embeds, generate returns just the new tokens
                     out = self.lm.generate(
@@ -297,12 +302,49 @@ class ReportGenerator(nn.Module):
                     )
         finally:
             self.train(was_training)
-        return self.decode(out)
+        return self.decode(out, tidy=False) if prompt else self.decode(out)
 
-    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
+    # ----------------------------------------------------------------------------- token helpers
+    def encode(self, text: str) -> list[int]:
+        """LM ids of ``text`` (no special tokens)."""
+        return self._lm_ids(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def can_write(self, text: str) -> bool:
+        """True when every token of ``text`` is in the LM's vocabulary (no [UNK])."""
+        unk = self.tokenizer.unk_token_id
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if unk is not None and unk in ids:
+            return False
+        if self.to_lm_ids is None:
+            return True
+        return all(int(self.to_tokenizer_ids[self.to_lm_ids[i]]) == i for i in ids)
+
+    def phrase_ids(self, phrases: Sequence[str]) -> list[list[int]]:
+        """Token-id sequences of ``phrases`` as the LM could write them (lower/capitalised, with or
+        without a leading space for byte-level BPE), for ``bad_words_ids``."""
+        cache = self.__dict__.setdefault("_phrase_cache", {})
+        out: set[tuple[int, ...]] = set()
+        for phrase in phrases:
+            if phrase not in cache:
+                found = set()
+                for variant in {phrase, phrase.lower(), phrase[:1].upper() + phrase[1:]}:
+                    for text in (variant, " " + variant):
+                        ids = tuple(self.encode(text))
+                        if ids and (self.to_lm_ids is None or self.can_write(text)):
+                            found.add(ids)
+                cache[phrase] = found
+            out |= cache[phrase]
+        return [list(ids) for ids in sorted(out)]
+
+    @property
+    def _period_id(self) -> int | None:
+        ids = self.encode(".")
+        return ids[0] if len(ids) == 1 else None
+
+    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]], tidy: bool = True) -> list[str]:
         """LM token ids → readable reports (special tokens dropped, WordPiece ``##`` joined, spaces tidied)."""
         if self.to_tokenizer_ids is not None:
             vocab = self.to_tokenizer_ids
             ids = [vocab[torch.as_tensor(row, dtype=torch.long).cpu()].tolist() for row in ids]
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        return [tidy_report(t) for t in texts]
+        return [tidy_report(t) for t in texts] if tidy else [" ".join(t.split()) for t in texts]

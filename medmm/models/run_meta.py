@@ -51,6 +51,15 @@ class TextEncoderRecord(Strict):
     saved: Literal["all", "trainable", "none"]
 
 
+class ReportLMRecord(Strict):
+    """A pretrained report LM: its name, architecture and weights hash (a LoRA run re-reads the base)."""
+
+    name_or_path: str
+    model_type: str | None = None
+    weights_sha256: str | None = None
+    saved: Literal["adapter", "all"]
+
+
 class DataRecord(Strict):
     """Where the training data came from, without patient ids (pseudonymous hashes only)."""
 
@@ -98,6 +107,7 @@ class RunMeta(Strict):
     threshold_rule: Literal["f1", "youden", "fixed"] = "f1"
     calibration: dict[str, Any] | None = None
     text_encoder: TextEncoderRecord | None = None
+    report_lm: ReportLMRecord | None = None  # issue 16: medmm.models.lora
     ontology: OntologyRecord
     versions: dict[str, str] = Field(default_factory=dict)
     data: DataRecord | None = None

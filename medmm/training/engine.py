@@ -31,6 +31,7 @@ from medmm.training import distributed, rundir
 from medmm.training.epoch import TrainEpoch
 from medmm.training.losses import label_fraction_mask, resolve_pos_weight
 from medmm.training.optim import build_optimizer, build_scheduler
+from medmm.models.calibration import calibrate_and_choose
 from medmm.training.outputs import RunOutputs
 from medmm.training.reference import reference_profile
 from medmm.training.texts import TrainTexts
@@ -173,6 +174,7 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
 
         self.ontology = load_ontology(cfg.ontology.path, labels=self.labels)
         self.constraints = self.ontology.constraints(self.labels).to(self.device)
+        self._resolve_report_length(splits["train"])
         self.derived = derive_network(cfg.network, cfg.preprocessing, [c.report or "" for c in splits["train"]])
         self.model = MedMM(cfg.network, self.labels, self.derived).to(self.device)
         distributed.broadcast_parameters(self.model, self.dist)
@@ -191,6 +193,21 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.model.cache_fixed_inputs(True)  # the same un-augmented images recur every epoch
+
+    def _resolve_report_length(self, train_cases: list[Any]) -> None:
+        """Report length limits from the training reports (``medmm.models.report_length``)."""
+        from medmm.models.pretrained import load_tokenizer
+        from medmm.models.report_length import check_grounding, resolve_report_length
+
+        check_grounding(self.cfg)
+        generator, network = self.cfg.network.report_generator, self.cfg.network
+        if generator.length_percentile is None:
+            return
+        tokenizer = load_tokenizer(generator.name_or_path or network.text_encoder.name_or_path,
+                                   where="network.report_generator.name_or_path")
+        reserved = 2 + (network.image_encoder.n_tokens if generator.conditioning == "prefix" else 0)
+        reserved += len(self.labels) if generator.grounding == "findings" else 0
+        resolve_report_length(generator, [c.report or "" for c in train_cases], tokenizer, reserved)
 
     def _train_loader(self, epoch: int):
         from monai.data import DataLoader
@@ -266,7 +283,9 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
                 pred = predict(self.model, self._eval_loader(self.val_set), self.device,
                                t.text.use_generated_report, t.text.use_indication, self.amp)
                 val = validation_metrics(pred, self.labels, self.eval_labels, self.constraints)
-                thresholds = choose_thresholds(pred["labels"], pred["probs"], self.labels, t.threshold_rule)
+                thresholds, calibration = calibrate_and_choose(  # issue 16: calibrated, sane thresholds
+                    pred["logits"], pred["labels"], self.labels,
+                    lambda y, p, names: choose_thresholds(y, p, names, t.threshold_rule))
                 score = val["val_macro_auroc"] if val["val_macro_auroc"] is not None else -val["val_bce"]
                 best = progress["best"]
                 improved = best is None or score > best["score"] + t.early_stopping.min_delta
@@ -275,7 +294,7 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
                 history.append(record)
                 if improved:
                     progress["best"] = {"epoch": epoch + 1, "score": score, "val_macro_auroc": val["val_macro_auroc"],
-                                        "thresholds": thresholds, "metrics": record}
+                                        "thresholds": thresholds, "calibration": calibration, "metrics": record}
                 progress["bad_epochs"] = 0 if improved else progress["bad_epochs"] + 1
                 progress.update(epoch=epoch + 1, global_step=self.global_step, report_cache=self.report_cache)
                 timing.update(epoch=epoch + 1, refresh_s=t1 - t0, val_s=time.perf_counter() - t2,

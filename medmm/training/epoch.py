@@ -85,9 +85,10 @@ class TrainEpoch:
             kr = knowledge_loss(torch.sigmoid(logits), self.constraints, cfg.ontology.kr_form)
             loss = bce + cfg.ontology.kr_weight * kr
             lm = torch.zeros((), device=self.device)
-            targets = [i for i, r in enumerate(batch["report"]) if r]
+            targets = [i for i, r in enumerate(batch["report"]) if r][: cfg.network.report_generator.reports_per_batch]
             if cfg.loss.lm_weight > 0 and targets:
-                lm = model.report_loss(tokens[targets], [batch["report"][i] for i in targets])
+                lm = model.report_loss(tokens[targets], [batch["report"][i] for i in targets],
+                                       y.masked_fill(mask == 0, -1)[targets])  # grounding: visible labels only
                 loss = loss + cfg.loss.lm_weight * lm
         parts = {"loss": float(loss.detach()), "bce": float(bce.detach()), "kr": float(kr.detach()),
                  "lm": float(lm.detach())}

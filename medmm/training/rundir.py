@@ -182,6 +182,7 @@ def run_meta(cfg: Any, run_dir: Path, derived: Any, ontology: Any, splits: Mappi
         network_derived=derived,
         thresholds={label: thresholds[label] for label in labels},
         threshold_rule=cfg.training.threshold_rule if best.get("thresholds") else "fixed",
+        calibration=best.get("calibration"),  # issue 16: medmm.models.calibration record
         ontology={"path": None if cfg.ontology.path is None else str(cfg.ontology.path), "sha256": ontology.sha256},
         data={
             "source": cfg.data.source,
@@ -250,6 +251,12 @@ def model_card(name: str, run: Any, history: list[Mapping[str, Any]]) -> str:
     lines += [f"| {label} | {_fmt(per_label.get(label))} | {_fmt(thresholds.get(label))} |"
               for label in meta.get("labels", [])]
     lines += ["", "Findings without both classes in validation show no AUROC.", ""]
+    unreliable = (meta.get("calibration") or {}).get("unreliable") or {}
+    if meta.get("calibration"):
+        lines += ["## Calibration", "- probabilities: one temperature per finding fitted on validation; thresholds "
+                  f"chosen on calibrated probabilities within {meta['calibration'].get('threshold_range')}", ""]
+        lines += ["Unreliable findings (decisions may flip on noise):", ""] if unreliable else []
+        lines += [f"- {label}: {why}" for label, why in unreliable.items()] + ([""] if unreliable else [])
     return "\n".join(lines)
 
 

@@ -31,7 +31,8 @@ def test_evaluate_writes_all_outputs(toy_run, toy_world, tmp_path):
     assert sorted(rob) == [0.0, 25.0, 50.0]
     assert rob[50.0]["label_accuracy"] < rob[0.0]["label_accuracy"]
     rep = data["report_generation"]
-    assert rep["n_reports"] == 16 and rep["bleu4"] > 0.5 and "clinical_efficacy" in rep
+    # the verifier rewrites the toy's one-line reports into FINDINGS/IMPRESSION stating all 18 decisions
+    assert rep["n_reports"] == 16 and rep["bleu4"] > 0.0 and "clinical_efficacy" in rep
     # issue 16: agreement of the labelled generated reports with the decisions, truncation, diversity, length
     assert {"agreement", "truncated", "distinct_4", "mean_tokens"} <= set(rep) and rep["n_generated"] == 16
     assert 0 <= rep["agreement"] <= 1 and rep["agreement_detail"]["n_pairs"] == 16 * len(data["labels"])

@@ -135,3 +135,21 @@ def test_unwritable_out_is_input_error(dicom_result, tmp_path, monkeypatch):
     monkeypatch.setattr(files, "atomic_write_text", disk_full)
     with pytest.raises(MedmmInputError, match="No space left"):
         write_outputs(dicom_result, tmp_path / "full", html=False)
+
+
+def test_html_shows_report_repairs_and_unreliable_findings(tiny_predictor, scans):
+    """The verifier's repairs and the calibration's unreliable flag reach result.json and the HTML."""
+    from medmm.inference.writers.html import render_html
+    from medmm.knowledge import ReportLabeler
+
+    result = tiny_predictor.predict(scans["nifti"])
+    check = result.report_check
+    assert check["agrees"] and check["n_repairs"] == len(check["repairs"]) > 0  # the stub's text is repaired
+    stated = ReportLabeler(tiny_predictor.ontology, tiny_predictor.labels).label(result.report)
+    assert [bool(stated[row["finding"]]) for row in result.findings] == [row["positive"] for row in result.findings]
+    result.findings[0]["reliable"] = False
+    result.findings[0]["unreliable_reason"] = "F1-optimal threshold 0.008 outside [0.05, 0.95]"
+    page = render_html(result)
+    assert "agrees with the findings table" in page and 'class="medmm-repairs"' in page
+    assert check["repairs"][0]["action"] in page
+    assert 'title="F1-optimal threshold 0.008 outside [0.05, 0.95]">unreliable' in page

@@ -97,6 +97,28 @@ def gradcam_panels(result: Any) -> list[str]:
     return panels
 
 
+def report_html(result: Any) -> str:
+    """The report (paragraph per section) and what the verifier repaired to make it agree with the findings table."""
+    paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in str(result.report).split("\n\n"))
+    check = getattr(result, "report_check", None) or {}
+    repairs = check.get("repairs") or []
+    if not check:
+        return paragraphs
+    state = ("agrees with the findings table" if check.get("agrees")
+             else "DISAGREES with the findings table on " + ", ".join(check.get("disagreements") or []))
+    note = (f'<p class="note">Verified by the report labeler: {html.escape(state)}; '
+            f"{len(repairs)} sentence repair(s).</p>")
+    if not repairs:
+        return paragraphs + note
+    rows = "".join(
+        f"<tr><td>{html.escape(str(r.get('section')))}</td><td>{html.escape(str(r.get('action')))}</td>"
+        f"<td>{html.escape(str(r.get('finding') or ''))}</td><td>{html.escape(str(r.get('reason')))}</td>"
+        f"<td>{html.escape(str(r.get('before') or ''))}</td><td>{html.escape(str(r.get('after') or ''))}</td></tr>"
+        for r in repairs)
+    head = "".join(f"<th>{h}</th>" for h in ("section", "repair", "finding", "why", "sentence before", "sentence after"))
+    return paragraphs + note + f'<table class="medmm-repairs"><tr>{head}</tr>{rows}</table>'
+
+
 def render_html(result: Any) -> str:
     """The complete page as a string."""
     model = result.model
@@ -121,7 +143,7 @@ input {html.escape(str(geo.get("shape")))} voxels at {html.escape(str(geo.get("s
 {html_block(result)}
 {indication}
 <h2>Generated report</h2>
-<p>{html.escape(result.report)}</p>
+{report_html(result)}
 <h2>Findings</h2>
 {findings_table_html(result)}
 <p class="note">p (raw): classifier output; p (consistent): after the ontology consistency step

@@ -1,0 +1,131 @@
+"""Report verifier: every repaired report agrees with the decisions (property over random vectors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medmm.knowledge import ReportLabeler, consistent_decisions, load_ontology
+from medmm.labels import CT_RATE_FINDINGS
+from medmm.models.report_verifier import ReportVerifier, ends_sentence, join_report, split_report
+
+LABELS = list(CT_RATE_FINDINGS)
+
+
+@pytest.fixture(scope="module")
+def labeler():
+    return ReportLabeler(load_ontology(), LABELS)
+
+
+def _random_decisions(n: int, seed: int) -> list[list[bool]]:
+    """Ontology-consistent decision vectors (what the predictor hands the verifier)."""
+    constraints = load_ontology().constraints(LABELS)
+    gen = torch.Generator().manual_seed(seed)
+    probs = torch.rand(n, len(LABELS), generator=gen) ** 1.5
+    decisions, _ = consistent_decisions(probs, constraints, torch.full((len(LABELS),), 0.5))
+    return [[bool(v) for v in row] for row in decisions.tolist()]
+
+
+def _draft(rng: np.random.Generator) -> str:
+    from medmm.data.synth.reports import FILLER, NEGATIVES
+
+    sentences = [str(rng.choice(NEGATIVES[name])) for name in LABELS if rng.random() < 0.4]
+    positives = ["The heart is enlarged.", "A small right pleural effusion.", "Consolidation in the right lower lobe.",
+                 "A 9 mm solid nodule is seen in the left upper lobe.", "Centrilobular emphysema.",
+                 "Median sternotomy wires are noted.", "Coronary artery calcifications in the LAD."]
+    sentences += [str(s) for s in rng.choice(positives, size=int(rng.integers(0, 4)), replace=False)]
+    sentences += [str(rng.choice(FILLER))]
+    rng.shuffle(sentences)
+    text = join_report(sentences, ["Cardiomegaly.", "Pleural effusion."][: int(rng.integers(0, 3))])
+    return text[: int(rng.integers(len(text) // 2, len(text) + 1))]  # sometimes cut off mid-sentence
+
+
+def test_every_report_agrees_with_random_decisions(labeler):
+    verifier = ReportVerifier(labeler, LABELS)
+    rng = np.random.default_rng(0)
+    for decisions in _random_decisions(300, seed=1):
+        out = verifier.verify(_draft(rng), decisions)
+        assert out.agrees, (out.text, out.disagreements)
+        stated = labeler.label(out.text)
+        assert [bool(stated[f]) for f in LABELS] == decisions
+        assert ends_sentence(out.text) and out.text.startswith("FINDINGS: ") and "\n\nIMPRESSION: " in out.text
+
+
+def test_repairs_say_what_and_why(labeler):
+    verifier = ReportVerifier(labeler, LABELS)
+    decisions = {f: f == "Pleural effusion" for f in LABELS}
+    draft = "FINDINGS: The heart is enlarged. No pleural effusion. Osseous structures are intact.\n\nIMPRESSION: Cardiomeg"
+    out = verifier.verify(draft, decisions)
+    actions = [(r.action, r.finding) for r in out.repairs]
+    assert ("removed truncated", None) in actions
+    assert ("removed", "Cardiomegaly") in actions  # stated, decided absent
+    assert ("removed", "Pleural effusion") in actions  # denied, decided present
+    assert ("ontology sentence", "Pleural effusion") in actions
+    assert out.agrees and "Osseous structures are intact." in out.text
+    assert out.to_json()["n_repairs"] == len(out.repairs)
+
+
+def test_agreeing_report_is_left_alone(labeler):
+    verifier = ReportVerifier(labeler, LABELS)
+    text = join_report(["The heart is enlarged.", "No pleural effusion."], ["Cardiomegaly."])
+    out = verifier.verify(text, {f: f == "Cardiomegaly" for f in LABELS})
+    assert out.text == text and out.repairs == [] and out.agrees
+
+
+def test_split_report_drops_the_unfinished_sentence():
+    findings, impression, cut = split_report("FINDINGS: No effusion. The heart is\n\nIMPRESSION: 1. Normal. 2. Also norm")
+    assert cut and findings == ["No effusion.", "The heart is"] and impression == ["Normal."]
+    findings, impression, cut = split_report("FINDINGS: No effusion. The heart is enlarg")
+    assert cut and findings == ["No effusion."] and impression == []
+
+
+class _FakeGenerator:
+    """Stands in for the LM: writes a contradicting sentence unless it is banned."""
+
+    def __init__(self):
+        self.calls = []
+
+    def can_write(self, text):
+        return True
+
+    def generate(self, tokens, findings=None, prompt=None, bad_words=(), stop_at_sentence=False, **kw):
+        self.calls.append((prompt, list(bad_words)))
+        if prompt.endswith("lung nodule"):
+            return ["in the right upper lobe measuring 6 mm."]
+        return ["The heart is enlarged." if "cardiomegaly" not in bad_words else "The heart size is normal."]
+
+
+def test_contradiction_is_re_decoded_with_the_phrase_banned_and_a_mention_forced(labeler):
+    fake = _FakeGenerator()
+    verifier = ReportVerifier(labeler, LABELS, fake)
+    decisions = {f: f == "Lung nodule" for f in LABELS}
+    draft = join_report(["Cardiomegaly is present.", "No pleural effusion."], ["No acute process."])
+    out = verifier.verify(draft, decisions, tokens=torch.zeros(1, 2, 4))
+    by_action = {r.action: r for r in out.repairs}
+    assert by_action["re-decoded"].before == "Cardiomegaly is present."
+    assert by_action["re-decoded"].after == "The heart size is normal."
+    assert any("cardiomegaly" in banned for _, banned in fake.calls)
+    assert by_action["forced mention"].after == "Lung nodule in the right upper lobe measuring 6 mm."
+    assert out.agrees
+
+
+def test_real_random_lm_reports_always_agree(labeler):
+    """A (random) grounded GPT-2 decoder through re-decoding, forced mentions and fallbacks."""
+    from medmm.models import MedMM, ModelConfig
+
+    cfg = ModelConfig.model_validate({
+        "image_encoder": {"name": "slim", "widths": [4, 8, 8, 8], "depth": [1, 1, 1, 1], "embed_dim": 16, "token_grid": 1},
+        "report_generator": {"n_layer": 1, "n_head": 2, "n_embd": 16, "n_positions": 96, "max_report_tokens": 24,
+                             "max_new_tokens": 24, "grounding": "findings", "vocabulary": "tokenizer"},
+        "fusion": {"use_text": False, "hidden": 8},
+    })
+    torch.manual_seed(0)
+    model = MedMM(cfg, LABELS).eval()
+    verifier = ReportVerifier(labeler, LABELS, model.report_generator, sentence_tokens=8)
+    from medmm.models.report_verifier import write_verified_reports
+
+    tokens = torch.randn(2, 1, 16)
+    decisions = torch.tensor(_random_decisions(2, seed=3))
+    for out in write_verified_reports(model, tokens, decisions, verifier):
+        assert out.agrees
