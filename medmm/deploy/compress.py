@@ -34,9 +34,9 @@ def _load_source(run_dir: Path) -> tuple[Any, Any, str]:
 
 
 def _run_id(run_dir: Path, meta: Any, checkpoint: str) -> str:
-    from medmm.inference.predictor import _weights_id
+    from medmm.inference.result_rows import weights_id
 
-    return f"{meta.name or run_dir.name}@{_weights_id(run_dir, checkpoint)}"
+    return f"{meta.name or run_dir.name}@{weights_id(run_dir, checkpoint)}"
 
 
 def _update_meta(out: Path, **changes: Any) -> None:

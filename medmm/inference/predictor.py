@@ -19,7 +19,6 @@ volume exceeds the ROI) → :meth:`medmm.models.MedMM.predict_step` (report, fus
 from __future__ import annotations
 
 import gc
-import hashlib
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +29,7 @@ import torch
 from medmm.errors import MedmmInputError
 from medmm.inference.explain import GradCamExplainer
 from medmm.inference.result import Result
+from medmm.inference.result_rows import finding_rows, input_info, repair_text, weights_id
 from medmm.inference.sliding import compute_feature_map, needs_sliding_window
 from medmm.models.run_meta import RunMeta
 
@@ -46,18 +46,6 @@ class TensorPrediction(NamedTuple):
     reports: list[str]
     texts: list[str]
     report_checks: list[dict[str, Any]] = []
-
-
-def _weights_id(run_dir: Path, checkpoint: str) -> str:
-    """Short content hash of the checkpoint weights: the model's identity in outputs/resume."""
-    path = run_dir / f"{checkpoint}.safetensors"
-    if not path.exists():
-        return "unknown"
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
 
 
 class Predictor:
@@ -83,7 +71,7 @@ class Predictor:
         self.constraints = ontology.constraints(self.labels)
         self.use_generated_report = meta.text.use_generated_report
         self.use_indication = meta.text.use_indication
-        self.model_id = f"{meta.name}@{_weights_id(run_dir, checkpoint)}"
+        self.model_id = f"{meta.name}@{weights_id(run_dir, checkpoint)}"
         self._init_report_checks(ontology)
 
     def _init_report_checks(self, ontology: Any) -> None:
@@ -186,7 +174,7 @@ class Predictor:
         start = time.perf_counter()
         volume = self._load(path_or_volume, series)
         input_warnings = _plausibility(volume, self.meta, force, path_or_volume)  # i21 hook: input gate
-        input_info = _input_info(volume)
+        input_facts = input_info(volume)
         input_grid = (tuple(int(n) for n in volume.shape), np.asarray(volume.affine, dtype=np.float64))
         source_files = list(volume.source_files)
         image = preprocess_volume(volume, self.preprocessing)
@@ -229,7 +217,7 @@ class Predictor:
             report_check=checked.to_json(),
             indication=indication,
             model=self.model_info(),
-            input=input_info,
+            input=input_facts,
             preprocessed={
                 "shape": list(image_shape),
                 "spacing": [round(float(s), 4) for s in np.linalg.norm(image_affine[:3, :3], axis=0)],
@@ -246,7 +234,7 @@ class Predictor:
             },
             consistency={
                 "n_repairs": len(repairs),
-                "repairs": [_repair_text(r) for r in repairs],
+                "repairs": [repair_text(r) for r in repairs],
                 "max_change": float((probs - probs_raw).abs().max()),
             },
             image=image_np,
@@ -303,24 +291,8 @@ class Predictor:
 
     def _findings(self, raw: list[float], probs: list[float], repairs: list[Any],
                   decisions: list[bool]) -> list[dict[str, Any]]:
-        rows = []
-        for label, p_raw, p, positive in zip(self.labels, raw, probs, decisions):
-            thr = float(self.thresholds[label])
-            rows.append(
-                {
-                    "finding": label,
-                    "probability_raw": round(float(p_raw), 6),
-                    "probability": round(float(p), 6),
-                    "threshold": thr,
-                    "positive": bool(positive),
-                    "codes": _codes(self.ontology, label),
-                    "ontology_path": _path(self.ontology, label),
-                    "repaired": [_repair_text(r) for r in repairs if getattr(r, "label", None) == label],
-                    "reliable": label not in self.calibration.unreliable,
-                    "unreliable_reason": self.calibration.unreliable.get(label),
-                }
-            )
-        return rows
+        return finding_rows(self.labels, self.thresholds, self.ontology, self.calibration.unreliable,
+                            raw, probs, repairs, decisions)
 
     def _explain_details(self, label: str, repairs: list[Any]) -> dict[str, Any]:
         from medmm.knowledge import explain_finding
@@ -388,36 +360,3 @@ def _plausibility(volume: Any, meta: Any, force: bool, source: Any) -> list[str]
     from medmm.io import Volume
 
     return check_input(volume, meta, force=force, where=None if isinstance(source, Volume) else source)
-
-
-def _input_info(volume: Any) -> dict[str, Any]:
-    """Geometry and de-identified acquisition facts (the io module already strips PHI from meta)."""
-    keep = ("modality", "manufacturer", "slice_thickness", "source_format", "n_files")
-    info: dict[str, Any] = {
-        "shape": list(volume.shape),
-        "spacing": [round(float(s), 4) for s in volume.spacing],
-        "orientation": volume.orientation,
-    }
-    info.update({k: volume.meta[k] for k in keep if k in volume.meta and volume.meta[k] is not None})
-    return info
-
-
-def _codes(ontology: Any, label: str) -> list[dict[str, str]]:
-    """Terminology codes of a label as plain dicts (``system``, ``code``, ``match``)."""
-    try:
-        codes = ontology.codes(label)
-    except (KeyError, ValueError):  # a label unknown to the ontology has no codes
-        return []
-    return [{"system": c.system, "code": c.code, "match": c.match} for c in codes]
-
-
-def _path(ontology: Any, label: str) -> list[str]:
-    try:
-        return [str(p) for p in ontology.path_to_root(label)]
-    except (KeyError, ValueError):
-        return [label]
-
-
-def _repair_text(repair: Any) -> str:
-    """A consistency repair as one line, e.g. ``Consolidation ⇒ Lung opacity: Lung opacity 0.20→0.90``."""
-    return f"{repair.constraint}: {repair.label} {repair.before:.3f}→{repair.after:.3f}"

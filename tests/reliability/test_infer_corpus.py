@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -17,13 +16,6 @@ from medmm.errors import MedmmInputError
 from reliability.corpus import CORPUS, PHI_STRINGS, CorpusCase
 
 from .realrun import one_error_line, run_cli, shared_run
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    from medmm.inference import load_model
-
-    return load_model(shared_run(tmp_path_factory), device="cpu")
 
 
 def _no_phi(text: str, where: str) -> None:

@@ -30,13 +30,6 @@ from .realrun import AFFINE, one_error_line, phantom, run_cli, shared_run, write
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    from medmm.inference import load_model
-
-    return load_model(shared_run(tmp_path_factory), device="cpu")
-
-
-@pytest.fixture(scope="module")
 def scans(tmp_path_factory):
     root = tmp_path_factory.mktemp("out_scans")
     a, _ = write_phi_series(root / "a")
@@ -47,14 +40,6 @@ def scans(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(predictor, scans):
     return {k: predictor.predict(v) for k, v in scans.items()}
-
-
-@pytest.fixture
-def cached_model(predictor, monkeypatch):
-    import medmm.inference
-
-    monkeypatch.setattr(medmm.inference, "load_model", lambda *a, **k: predictor)
-    return predictor
 
 
 @pytest.fixture

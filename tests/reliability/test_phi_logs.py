@@ -17,24 +17,9 @@ from medmm.errors import MedmmConfigError, MedmmInputError
 from medmm.io import load_volume
 from medmm.io.writers import save_datasets
 
-from .realrun import AFFINE, PHI, one_error_line, phantom, run_cli, shared_run
+from .realrun import AFFINE, PHI, one_error_line, phantom, run_cli
 
 SENTINEL_DESC = "SENTINEL^DESC Doe John 1962-03-04"
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    from medmm.inference import load_model
-
-    return load_model(shared_run(tmp_path_factory), device="cpu")
-
-
-@pytest.fixture
-def cached_model(predictor, monkeypatch):
-    import medmm.inference
-
-    monkeypatch.setattr(medmm.inference, "load_model", lambda *a, **k: predictor)
-    return predictor
 
 
 def _forged(stderr: str) -> bool:

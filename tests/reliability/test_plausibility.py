@@ -19,24 +19,9 @@ from medmm.errors import MedmmInputError
 from medmm.io import Volume, load_volume
 from medmm.io.writers import build_dicom_series, save_datasets, write_nifti
 
-from .realrun import AFFINE, PHI, one_error_line, phantom, run_cli, shared_run
+from .realrun import AFFINE, PHI, one_error_line, phantom, run_cli
 
 PET_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    from medmm.inference import load_model
-
-    return load_model(shared_run(tmp_path_factory), device="cpu")
-
-
-@pytest.fixture
-def cached_model(predictor, monkeypatch):
-    import medmm.inference
-
-    monkeypatch.setattr(medmm.inference, "load_model", lambda *a, **k: predictor)
-    return predictor
 
 
 def chest(shape=(64, 64, 48), spacing=(5.5, 5.5, 5.5), seed=0) -> Volume:
