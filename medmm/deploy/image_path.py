@@ -1,7 +1,8 @@
 """The image path: the function ONNX, TorchScript and the MONAI bundle export.
 
 ``image [B, C, X, Y, Z] (preprocessed) → raw probabilities [B, L]``: the encoder's feature map
-(CNN + histogram channels) → pooled embedding → fusion head → sigmoid. The fusion head also reads
+(CNN + histogram channels) → pooled embedding → fusion head → per-finding calibration
+temperature (the run's ``calibration``, as the predictor applies it) → sigmoid. The fusion head also reads
 text (generated report + indication, per the run's ``text`` settings); an exported model has no
 report generator or text encoder, so the image path fixes that text to what the run gives the head
 for a scan *without* indication and *without* a report (``fusion_text("", "")``), embedded once at
@@ -26,18 +27,21 @@ class ImagePath(nn.Module):
     """``image → raw probabilities`` of a loaded fp32 ``MedMM`` through `MedMM.predict_step` with
     the fixed text embedding (see module docstring)."""
 
-    def __init__(self, model: nn.Module, text_embedding: torch.Tensor | None):
+    def __init__(self, model: nn.Module, text_embedding: torch.Tensor | None,
+                 temperature: torch.Tensor | None = None):
         super().__init__()
         self.model = _untied(model).eval()
         self.labels = list(model.labels)
         self.register_buffer("text_embedding", None if text_embedding is None else text_embedding.detach().clone())
+        temps = torch.ones(len(self.labels)) if temperature is None else temperature.detach().clone().float()
+        self.register_buffer("temperature", temps)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if self.text_embedding is None:  # image-only head: no text at all
             step = self.model.predict_step(image, generate=False, use_generated_report=False, use_indication=False)
         else:
             step = self.model.predict_step(image, text_emb=self.text_embedding.expand(image.shape[0], -1))
-        return torch.sigmoid(step.logits)
+        return torch.sigmoid(step.logits / self.temperature)
 
 
 def _untied(module: nn.Module) -> nn.Module:
@@ -77,7 +81,7 @@ def load_image_path(run_dir) -> tuple[ImagePath, Any]:
         texts = fusion_texts([""], [None], predictor.use_generated_report, predictor.use_indication)
         with torch.inference_mode():
             text = predictor.model.encode_text(texts).clone()
-    return ImagePath(predictor.model, text).eval(), predictor.meta
+    return ImagePath(predictor.model, text, predictor.calibration.temperature).eval(), predictor.meta
 
 
 def example_input(meta: Any) -> torch.Tensor:
