@@ -47,13 +47,10 @@ def tiny_workflow(cache_dir: Path) -> dict:
 
 
 def phantom_hu(shape=(32, 32, 32), seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    hu = np.full(shape, -1000.0, np.float32)
-    hu[(grid[0] ** 2 + grid[1] ** 2) < 0.8] = 40.0
-    for cx in (-0.35, 0.35):
-        hu[((grid[0] - cx) ** 2 / 0.08 + grid[1] ** 2 / 0.3) < 1] = -850.0
-    return hu + rng.normal(0, 5, shape).astype(np.float32)
+    """The reliability corpus's body-with-lungs phantom (HU), at the serve tests' 32^3."""
+    from reliability.realrun import phantom
+
+    return phantom(shape, seed)
 
 
 def phi_series(folder: Path, uid_seed: str = "serve-phi") -> list[Path]:
