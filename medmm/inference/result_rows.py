@@ -6,21 +6,16 @@ prediction pipeline.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 
 def weights_id(run_dir: Path, checkpoint: str) -> str:
     """Short content hash of the checkpoint weights: the model's identity in outputs/resume."""
+    from medmm.models.pretrained import file_sha256
+
     path = run_dir / f"{checkpoint}.safetensors"
-    if not path.exists():
-        return "unknown"
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return file_sha256(path)[:12] if path.exists() else "unknown"
 
 
 def finding_rows(labels: list[str], thresholds: dict[str, float], ontology: Any, unreliable: dict[str, str],

@@ -102,10 +102,13 @@ def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a weights file, cached per file version (path, mtime, size)."""
+    stat = Path(path).stat()
+    return _sha256_of(str(path), stat.st_mtime_ns, stat.st_size)
+
+
 def weights_sha256(name_or_path: str) -> str | None:
     """sha256 of the pretrained weights file (cached per file version), or None if not found."""
     path = weights_file(name_or_path)
-    if path is None:
-        return None
-    stat = path.stat()
-    return _sha256_of(str(path), stat.st_mtime_ns, stat.st_size)
+    return None if path is None else file_sha256(path)
