@@ -222,7 +222,8 @@ class NetworkDerived(Strict):
 
     ``histogram_centres`` / ``context_centres`` / ``context_context_centres``: the HU bin centres
     of the radiomics branch's histograms mapped through the preprocessing window (input units);
-    ``vocab_ids``: tokenizer ids of the from-scratch decoder's vocabulary (training reports).
+    ``vocab_ids``: tokenizer ids of the from-scratch decoder's vocabulary (training reports);
+    ``report_words``: words of the training reports (what a verified sentence may contain).
     `medmm.models.derived.derive_network` computes them.
     """
 
@@ -230,6 +231,9 @@ class NetworkDerived(Strict):
     context_centres: HUCentres | None = None
     context_context_centres: HUCentres | None = None
     vocab_ids: list[Annotated[int, Field(ge=0, le=10_000_000)]] | None = Field(None, min_length=1, max_length=1_000_000)
+    # issue 16: words of >= 2 training reports; the verifier accepts re-decoded sentences made of them
+    # (medmm.models.report_words; None in runs saved before it existed)
+    report_words: list[Annotated[str, Field(max_length=200)]] | None = Field(None, max_length=1_000_000)
 
     @field_validator("histogram_centres", "context_centres", "context_context_centres")
     @classmethod

@@ -81,8 +81,11 @@ class Predictor:
         from medmm.models.report_verifier import ReportVerifier
 
         self.calibration = Calibration(self.meta.calibration, self.labels)
-        self.verifier = ReportVerifier(ReportLabeler(ontology, self.labels), self.labels,
-                                       getattr(self.model, "report_generator", None))
+        from medmm.models.report_words import known_words
+
+        generator = getattr(self.model, "report_generator", None)
+        words = known_words(self.model.derived.report_words, generator, ontology) if generator is not None else None
+        self.verifier = ReportVerifier(ReportLabeler(ontology, self.labels), self.labels, generator, words=words)
 
     def verified_reports(self, tokens: torch.Tensor, decisions: torch.Tensor, drafts: list[str]) -> list[Any]:
         """Reports grounded on (and verified against) ``decisions`` (``medmm.models.report_verifier``).

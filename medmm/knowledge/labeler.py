@@ -42,6 +42,7 @@ from rdflib import URIRef
 from medmm.knowledge import negex
 from medmm.knowledge.label_scores import clinical_efficacy_f1, label_f1  # noqa: F401  (re-exported)
 from medmm.knowledge.negex import NEGATED, POSITIVE, SCOPE_WORDS, UNCERTAIN  # noqa: F401  (re-exported)
+from medmm.knowledge.normal_statements import NormalStatements, SiteRule
 from medmm.knowledge.ontology import Ontology
 from medmm.labels import CT_RATE_FINDINGS
 
@@ -98,16 +99,6 @@ def _alternation(phrases: Sequence[str]) -> str:
     return r"(?<![a-z0-9])(?:" + "|".join(pats) + r")(?![a-z0-9])"
 
 
-@dataclass(frozen=True)
-class _SplitRule:
-    """Split mentions of one finding: its modifier words and its (or a narrower finding's) site terms."""
-
-    concept: str
-    modifier_re: re.Pattern
-    modifiers: frozenset[str]
-    sites: tuple[tuple[str, re.Pattern], ...]  # (concept named when this site is used, site regex)
-
-
 class ReportLabeler:
     """Label radiology report text with ontology findings (NegEx-style negation and uncertainty).
 
@@ -151,6 +142,9 @@ class ReportLabeler:
         self._ellipsis_re = re.compile(rf"(?<![a-z0-9])(?P<mod>{mods})\s*(?:and/or|and|or|nor|,)\s+(?:and\s+|or\s+)?")
         self._specialise = self._site_rules()
         self._split_rules = self._split_mention_rules()
+        sites = {ontology.anatomical_site(c) for c in self._targets} - {None}
+        anatomy = {term for site in sites for term in self._site_terms(site)}
+        self._normal = NormalStatements(self._split_rules, re.compile(_alternation(sorted(anatomy))))
         excluded_by = {lab: sum(ontology.excludes(lab, other) for other in self.labels) for lab in self.labels}
         self._exclusions = [(a, b) if excluded_by[a] >= excluded_by[b] else (b, a)
                             for i, a in enumerate(self.labels) for b in self.labels[i + 1:]
@@ -188,7 +182,7 @@ class ReportLabeler:
                 rules.setdefault(generic, []).append((specific, re.compile(_alternation(self._site_terms(site)))))
         return rules
 
-    def _split_mention_rules(self) -> list[_SplitRule]:
+    def _split_mention_rules(self) -> list[SiteRule]:
         """One rule per finding with ``ct:reportModifier`` words and an anatomical site. Terms of a
         narrower site that belongs to a more specific finding name that finding ("calcification
         ... coronary arteries" is coronary, "calcification ... aorta" arterial)."""
@@ -204,7 +198,7 @@ class ReportLabeler:
             own = set(self._site_terms(site)) - {t for _, s in narrower for t in self._site_terms(s)}
             sites = [(c, re.compile(_alternation(self._site_terms(s)))) for c, s in narrower]
             sites.append((concept, re.compile(_alternation(sorted(own)))))
-            rules.append(_SplitRule(concept, re.compile(_alternation(words)), frozenset(words), tuple(sites)))
+            rules.append(SiteRule(concept, re.compile(_alternation(words)), frozenset(words), tuple(sites)))
         return rules
 
     # ------------------------------------------------------------------------------ matching
@@ -236,6 +230,9 @@ class ReportLabeler:
             if mention.status != NEGATED and concept in self._specialise:
                 concept = self._specialised(sentence, mention.start, mention.end, concept, triggers, spans, blocked)
             out.append(Mention(index, mention.start, mention.end, concept, mention.status, mention.trigger))
+        for start, end, concept, words in self._normal.find(sentence, spans, triggers):
+            if not any(m.concept == concept and m.start < end and start < m.end for m in out):
+                out.append(Mention(index, start, end, concept, NEGATED, words))  # "heart size is normal"
         return sorted(out, key=lambda m: (m.start, m.end, m.concept))
 
     def _split_mentions(self, index, sentence, spans, triggers) -> list[tuple[Mention, tuple[int, int, str]]]:

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 POSITIVE, UNCERTAIN, NEGATED = "positive", "uncertain", "negated"
 #: A trigger reaches at most this many words (a mention counts as one word).
 SCOPE_WORDS = 8
-#: A normal-statement after a mention reaches back fewer words, and not over "and" ("effusion and
-#: the heart is normal in size" says nothing normal about the effusion).
+#: A normal-statement after a mention reaches back fewer words, and not over "and" or a comma
+#: ("effusion and the heart is normal in size" says nothing normal about the effusion).
 NORM_SCOPE_WORDS = 4
 
 PRE_NEG = [
@@ -110,7 +110,7 @@ def _trigger_regex() -> re.Pattern:
 _TRIGGERS = _trigger_regex()
 _WORD = re.compile(r"[a-z0-9]+")
 _COPULA = re.compile(r"(?<![a-z])(?:is|are|was|were|been)(?![a-z])")
-_LIST_GAP = re.compile(r"(?:\s|,|/|and|or|nor|as well as)*")
+LIST_GAP = re.compile(r"(?:\s|,|/|and|or|nor|as well as)*")
 
 
 def find_triggers(sentence: str, spans: Sequence[tuple[int, int]]) -> list[Trigger]:
@@ -185,15 +185,15 @@ def status(sentence: str, start: int, end: int, triggers: Sequence[Trigger], spa
             # "heart size is increased and pericardial effusion was not observed". A mention that is
             # a whole clause ("septa are thickened") takes no trigger from beyond a comma or mention.
             between = [ms for ms, me, *_ in spans if end <= ms and me <= s]
-            if between and not _LIST_GAP.fullmatch(sentence[end:min(between)]):
+            if between and not LIST_GAP.fullmatch(sentence[end:min(between)]):
                 continue
             if (between or comma >= 0) and _COPULA.search(sentence, start, end):
                 continue
             scope = NORM_SCOPE_WORDS if kind.endswith("norm") else SCOPE_WORDS
             if words_between(sentence, end, s, spans) > scope:
                 continue
-            if kind.endswith("norm") and re.search(r"(?<![a-z])and(?![a-z])", sentence[end:s]):
-                continue
+            if kind.endswith("norm") and re.search(r"(?<![a-z])and(?![a-z])|,", sentence[end:s]):
+                continue  # "heart size increased, lungs are normal" says nothing normal about the heart
             distance = s - end
         else:
             continue

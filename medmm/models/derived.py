@@ -20,8 +20,8 @@ def derive_network(network: ModelConfig, preprocessing: PreprocessingConfig,
     Args:
         network: the workflow's network section.
         preprocessing: the workflow's preprocessing (its HU window maps histogram centres).
-        train_reports: reference reports of the training split; needed for the compact decoder
-            vocabulary (``report_generator.vocabulary: training_reports``), else ignored.
+        train_reports: reference reports of the training split; give the compact decoder
+            vocabulary (``report_generator.vocabulary: training_reports``) and the report words.
     """
     generator, radiomics = network.report_generator, network.radiomics
 
@@ -35,9 +35,15 @@ def derive_network(network: ModelConfig, preprocessing: PreprocessingConfig,
         from medmm.models.report_generator import report_vocabulary
 
         vocab_ids = report_vocabulary(list(train_reports), load_tokenizer(network.text_encoder.name_or_path))
+    report_words = None
+    if train_reports is not None:
+        from medmm.models.report_words import training_words
+
+        report_words = training_words(train_reports) or None
     return NetworkDerived(
         histogram_centres=to_input(radiomics.intensity_hu if radiomics is not None else None),
         context_centres=to_input(context.hu if context else None),
         context_context_centres=to_input(context.context_hu if context else None),
         vocab_ids=vocab_ids,
+        report_words=report_words,
     )

@@ -4,15 +4,24 @@ The report labeler (:class:`medmm.knowledge.ReportLabeler`, the one that defines
 F1) reads every sentence. Where the report disagrees with a decision it is repaired, in order:
 
 1. a sentence cut off by the length limit is dropped, a repeated sentence is dropped;
-2. a sentence that states a finding decided *absent* is re-decoded by the LM from the report
+2. a sentence that denies a finding decided *present* is removed ("Heart size is normal." when
+   cardiomegaly is decided: the labeler reads normal statements about a finding's site as
+   negations, :mod:`medmm.knowledge.normal_statements`);
+3. a sentence that states a finding decided *absent* is re-decoded by the LM from the report
    before it, with the contradicting phrases banned (transformers' ``bad_words_ids``); if the
-   new sentence still contradicts, the sentence is removed;
-3. a finding decided *present* that no sentence states gets a forced mention: the LM continues
+   new sentence is not acceptable, a FINDINGS sentence becomes the ontology's negative sentence
+   ("No emphysema.") and an IMPRESSION item is removed;
+4. a finding decided *present* that no sentence states gets a forced mention: the LM continues
    the FINDINGS section from the finding's preferred label (or a synonym it can write), i.e.
-   constrained decoding with a forced prefix; if the labeler does not read that sentence as the
-   finding, the last resort is a sentence built from the ontology's preferred label.
-4. a final pass over the whole report removes/adds sentences the same way, so the result agrees
+   constrained decoding with a forced prefix; if that sentence is not acceptable, the last
+   resort is a sentence built from the ontology's preferred label.
+5. a final pass over the whole report removes/adds sentences the same way, so the result agrees
    by construction (``agrees`` is checked, never assumed).
+
+A decoded sentence is *acceptable* only when it is well formed (ends a sentence, every word is
+one the LM's training reports or the ontology use: :mod:`medmm.models.report_words`; a WordPiece
+LM writing around a banned phrase can glue pieces into "emphysematptal") and the labeler reads in
+it the intended finding, no finding decided absent and no denial of a finding decided present.
 
 Every change is a :class:`Repair` (which sentence, what was done, why) in ``result.json`` and the
 HTML report. Sentence splitting and the FINDINGS/IMPRESSION layout follow the reference reports
@@ -22,11 +31,14 @@ HTML report. Sentence splitting and the FINDINGS/IMPRESSION layout follow the re
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+
+from medmm.knowledge.negex import NEGATED
+from medmm.models.report_words import words_of
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _ITEM = re.compile(r"(?:^|\s)\d{1,2}\.\s+")
@@ -105,30 +117,53 @@ class ReportVerifier:
         labels: finding names, in the order of the decision vectors.
         generator: the model's :class:`ReportGenerator` for constrained re-decoding (optional:
             without it only removal and ontology sentences are used).
+        words: the words a decoded sentence may contain (:func:`medmm.models.report_words.known_words`);
+            None accepts any word.
     """
 
     def __init__(self, labeler: Any, labels: Sequence[str], generator: Any = None, sentence_tokens: int = 48,
-                 mention_attempts: int = 2):
+                 mention_attempts: int = 2, words: Collection[str] | None = None):
         self.labeler = labeler
         self.mention_attempts = mention_attempts
         self.labels = list(labels)
         self.generator = generator
         self.sentence_tokens = sentence_tokens
+        self.words = None if words is None else frozenset(w.lower() for w in words)
         onto = labeler.ontology
         self._phrases = {f: [f.lower(), *[s.lower() for s in onto.synonyms(f)]] for f in self.labels}
+        # a negated concept denies every label that implies it ("no lung opacity" denies consolidation)
+        self._denies = {c: {f for f in self.labels if f == c or onto.implies(f, c)} for c in onto.graph.nodes}
 
     def _positive(self, sentence: str) -> set[str]:
         out = self.labeler.label(sentence)
         return {f for f in self.labels if out.get(f) == 1}
 
     def _negated(self, sentence: str) -> set[str]:
-        """Findings the sentence names as absent ("No pleural effusion.")."""
-        return {m.concept for m in self.labeler.mentions(sentence) if m.status == "negated"} & set(self.labels)
+        """Findings the sentence names as absent ("No pleural effusion.", "Heart size is normal.")."""
+        return {f for m in self.labeler.mentions(sentence) if m.status == NEGATED for f in self._denies.get(m.concept, ())}
+
+    def well_formed(self, sentence: str) -> bool:
+        """True for one finished sentence (no section heading) made only of known words."""
+        if not ends_sentence(sentence) or _IMPRESSION.search(sentence) or _FINDINGS.search(sentence):
+            return False
+        return self.words is None or all(w in self.words for w in words_of(sentence))
+
+    def acceptable(self, sentence: str | None, present: set[str], stating: str | None = None) -> bool:
+        """True when a decoded sentence may enter the report (module docstring): well formed, states
+        ``stating`` (if given), no finding outside ``present`` and denies none inside it."""
+        if not sentence or not self.well_formed(sentence):
+            return False
+        stated = self._positive(sentence)
+        if stated - present or self._negated(sentence) & present:
+            return False
+        return stating is None or stating in stated
 
     def disagreements(self, text: str, present: set[str]) -> list[str]:
-        """Findings where the labelled ``text`` differs from the decisions (``present`` = decided)."""
+        """Findings where the labelled ``text`` differs from the decisions (``present`` = decided),
+        or that a sentence denies although decided present."""
         out = self.labeler.label(text)
-        return [f for f in self.labels if (out.get(f) == 1) != (f in present)]
+        denied = self._negated(text) & present
+        return [f for f in self.labels if (out.get(f) == 1) != (f in present) or f in denied]
 
     def verify(self, draft: str, decisions: Mapping[str, bool] | Sequence[bool],
                tokens: torch.Tensor | None = None, states: torch.Tensor | None = None) -> VerifiedReport:
@@ -165,9 +200,12 @@ class ReportVerifier:
                     k += 1
                     continue
                 reason = f"stated {', '.join(sorted(wrong))}, decided absent"
-                new = self._redecode(findings, impression, section, k, wrong, present, tokens, states) if can_decode else None
+                new = self._redecode(findings, impression, section, k, present, tokens, states) if can_decode else None
+                action = "re-decoded"
+                if new is None and section == "findings":
+                    action, new = "ontology sentence", self._negative_sentence(wrong, present, findings)
                 if new is not None:
-                    repairs.append(Repair(section, "re-decoded", sorted(wrong)[0], reason, sentences[k], new))
+                    repairs.append(Repair(section, action, sorted(wrong)[0], reason, sentences[k], new))
                     sentences[k] = new
                     k += 1
                 else:
@@ -186,7 +224,7 @@ class ReportVerifier:
         if present and not any(self._positive(s) for s in impression):
             # the impression lists the positive findings, as the references do
             items = [_ontology_sentence(f) for f in self.labels if f in present]
-            items = [s for s in items if self._positive(s) <= present]
+            items = [s for s in items if self.acceptable(s, present)]
             if items:
                 repairs.append(Repair("impression", "ontology sentence", None,
                                       "impression did not name the findings decided present", " ".join(impression) or None,
@@ -201,12 +239,14 @@ class ReportVerifier:
         for section, sentences in (("findings", findings), ("impression", impression)):
             for k in reversed(range(len(sentences))):
                 wrong = self._positive(sentences[k]) - present
-                if wrong:
-                    repairs.append(Repair(section, "removed", sorted(wrong)[0],
-                                          f"stated {', '.join(sorted(wrong))}, decided absent", sentences[k], None))
+                denied = self._negated(sentences[k]) & present
+                if wrong or denied:
+                    why = (f"stated {', '.join(sorted(wrong))}, decided absent" if wrong
+                           else f"denied {', '.join(sorted(denied))}, decided present")
+                    repairs.append(Repair(section, "removed", sorted(wrong or denied)[0], why, sentences[k], None))
                     del sentences[k]
 
-    def _redecode(self, findings, impression, section, k, wrong, present, tokens, states) -> str | None:
+    def _redecode(self, findings, impression, section, k, present, tokens, states) -> str | None:
         """The LM's sentence at ``section[k]`` with the contradicting phrases banned, or None."""
         before = findings[:k] if section == "findings" else findings
         prompt = "FINDINGS: " + " ".join(before)
@@ -214,8 +254,16 @@ class ReportVerifier:
             prompt += " IMPRESSION: " + " ".join(impression[:k])
         banned = self._banned(set(self.labels) - present)
         sentence = self._continue(prompt, banned, tokens, states)
-        if sentence and not (self._positive(sentence) - present) and not _IMPRESSION.search(sentence):
-            return sentence
+        return sentence if self.acceptable(sentence, present) else None
+
+    def _negative_sentence(self, wrong: set[str], present: set[str], findings: Sequence[str]) -> str | None:
+        """"No <finding>." for the wrongly stated findings, when the labeler reads it so and the
+        FINDINGS do not already say it; else None (the sentence is removed)."""
+        said = {s.lower() for s in findings}
+        for f in sorted(wrong):
+            sentence = f"No {f.lower()}."
+            if sentence.lower() not in said and self.acceptable(sentence, present) and f in self._negated(sentence):
+                return sentence
         return None
 
     def _mention(self, f, findings, impression, present, repairs, tokens, states, can_decode) -> None:
@@ -225,12 +273,12 @@ class ReportVerifier:
             for phrase in [p for p in self._phrases[f] if self.generator.can_write(p)][:self.mention_attempts]:
                 rest = self._continue("FINDINGS: " + " ".join(findings) + " " + phrase, banned, tokens, states)
                 sentence = _capitalise(f"{phrase} {rest}".strip() if rest else "")
-                if sentence and f in self._positive(sentence) and not (self._positive(sentence) - present):
+                if self.acceptable(sentence, present, stating=f):
                     findings.append(sentence)
                     repairs.append(Repair("findings", "forced mention", f, reason, None, sentence))
                     return
         for sentence in (_ontology_sentence(f), *[_capitalise(s) + " is present." for s in self._phrases[f]]):
-            if f in self._positive(sentence) and not (self._positive(sentence) - present):
+            if self.acceptable(sentence, present, stating=f):
                 findings.append(sentence)
                 repairs.append(Repair("findings", "ontology sentence", f, reason, None, sentence))
                 return

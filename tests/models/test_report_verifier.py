@@ -59,7 +59,9 @@ def test_repairs_say_what_and_why(labeler):
     out = verifier.verify(draft, decisions)
     actions = [(r.action, r.finding) for r in out.repairs]
     assert ("removed truncated", None) in actions
-    assert ("removed", "Cardiomegaly") in actions  # stated, decided absent
+    # stated, decided absent, nothing to re-decode with: the ontology's negative sentence
+    assert [(r.before, r.after) for r in out.repairs if r.finding == "Cardiomegaly"] == [
+        ("The heart is enlarged.", "No cardiomegaly.")]
     assert ("removed", "Pleural effusion") in actions  # denied, decided present
     assert ("ontology sentence", "Pleural effusion") in actions
     assert out.agrees and "Osseous structures are intact." in out.text
@@ -129,3 +131,113 @@ def test_real_random_lm_reports_always_agree(labeler):
     decisions = torch.tensor(_random_decisions(2, seed=3))
     for out in write_verified_reports(model, tokens, decisions, verifier):
         assert out.agrees
+
+
+@pytest.mark.parametrize(
+    "sentence,finding",
+    [
+        ("Heart size is normal.", "Cardiomegaly"),
+        ("Heart size is within normal limits.", "Cardiomegaly"),
+        ("Heart contour and size are normal.", "Cardiomegaly"),
+        ("No pleural or pericardial effusion.", "Pericardial effusion"),
+        ("Mediastinal lymph nodes are not enlarged.", "Lymphadenopathy"),
+        ("Pleural spaces are unremarkable.", "Pleural effusion"),
+    ],
+)
+def test_normal_phrasing_of_a_decided_finding_is_repaired(labeler, sentence, finding):
+    """A report saying the site is normal while the finding is decided present is a contradiction,
+    even though the labeler's 0/1 output would agree once a positive sentence is added."""
+    verifier = ReportVerifier(labeler, LABELS)
+    draft = join_report([sentence, "Osseous structures are intact."], ["No acute process."])
+    out = verifier.verify(draft, {f: f == finding for f in LABELS})
+    assert sentence not in out.text
+    assert ("removed", finding) in [(r.action, r.finding) for r in out.repairs]
+    assert out.agrees and labeler.label(out.text)[finding] == 1
+    assert not any(m.status == "negated" and m.concept == finding for m in labeler.mentions(out.text))
+    # decided absent, the same sentence is fine and kept
+    out = verifier.verify(draft, {f: False for f in LABELS})
+    assert sentence in out.text and out.agrees
+
+
+def test_a_denial_left_in_the_report_is_a_disagreement(labeler):
+    verifier = ReportVerifier(labeler, LABELS)
+    text = join_report(["Heart size is normal.", "Cardiomegaly is present."], ["Cardiomegaly."])
+    assert labeler.label(text)["Cardiomegaly"] == 1  # the 0/1 labels alone would hide it
+    assert verifier.disagreements(text, {"Cardiomegaly"}) == ["Cardiomegaly"]
+    assert verifier.disagreements(text.replace("Heart size is normal. ", ""), {"Cardiomegaly"}) == []
+
+
+def test_sub_pathological_node_stated_while_decided_absent_is_repaired(labeler):
+    """CT-RATE counts a reported node of sub-pathological size as lymphadenopathy."""
+    verifier = ReportVerifier(labeler, LABELS)
+    sentence = "Mediastinal lymph nodes measuring 8 mm, not reaching pathological size."
+    out = verifier.verify(join_report([sentence], ["No acute process."]), {f: False for f in LABELS})
+    assert sentence not in out.text and out.agrees and labeler.label(out.text)["Lymphadenopathy"] == 0
+
+
+class _GarblingGenerator(_FakeGenerator):
+    """Writes around a banned phrase by gluing word pieces, as a WordPiece LM can."""
+
+    def generate(self, tokens, findings=None, prompt=None, bad_words=(), stop_at_sentence=False, **kw):
+        self.calls.append((prompt, list(bad_words)))
+        if prompt.endswith("emphysema"):
+            return ["of centrilobulartype is seen."]
+        return ["No emphysematptal type." if "emphysema" in bad_words else "Emphysema."]
+
+
+WORDS = ["no", "emphysema", "of", "centrilobular", "type", "is", "seen", "heart", "size", "normal", "the", "in"]
+
+
+def test_garbled_re_decoded_sentence_falls_back_to_the_ontology_sentence(labeler):
+    verifier = ReportVerifier(labeler, LABELS, _GarblingGenerator(), words=WORDS)
+    assert verifier.well_formed("No emphysema of centrilobular type.")
+    assert not verifier.well_formed("No emphysematptal type.") and not verifier.well_formed("No emphysema")
+    draft = join_report(["Centrilobular emphysema.", "Heart size is normal."], ["Emphysema."])
+    out = verifier.verify(draft, {f: False for f in LABELS}, tokens=torch.zeros(1, 2, 4))
+    assert "emphysematptal" not in out.text
+    fixed = [r for r in out.repairs if r.before == "Centrilobular emphysema."]
+    assert [(r.action, r.after) for r in fixed] == [("ontology sentence", "No emphysema.")]
+    assert out.agrees and "Heart size is normal." in out.text
+    # without a word list the glued word passes the labeler (it reads no emphysema), as before
+    out = ReportVerifier(labeler, LABELS, _GarblingGenerator()).verify(draft, {f: False for f in LABELS},
+                                                                       tokens=torch.zeros(1, 2, 4))
+    assert "No emphysematptal type." in out.text
+
+
+def test_garbled_forced_mention_falls_back_to_the_ontology_sentence(labeler):
+    verifier = ReportVerifier(labeler, LABELS, _GarblingGenerator(), words=WORDS)
+    draft = join_report(["Heart size is normal."], ["No acute process."])
+    out = verifier.verify(draft, {f: f == "Emphysema" for f in LABELS}, tokens=torch.zeros(1, 2, 4))
+    assert "centrilobulartype" not in out.text
+    assert ("ontology sentence", "Emphysema") in [(r.action, r.finding) for r in out.repairs]
+    assert out.agrees and labeler.label(out.text)["Emphysema"] == 1
+    # a well-formed continuation is taken
+    good = _GarblingGenerator()
+    good.generate = lambda *a, prompt=None, **k: ["of centrilobular type is seen."]
+    out = ReportVerifier(labeler, LABELS, good, words=WORDS).verify(
+        draft, {f: f == "Emphysema" for f in LABELS}, tokens=torch.zeros(1, 2, 4))
+    assert ("forced mention", "Emphysema of centrilobular type is seen.") in [(r.action, r.after) for r in out.repairs]
+
+
+def test_every_accepted_sentence_is_well_formed_with_a_real_lm(labeler):
+    """A (random) LM through the verifier with a word list: every sentence it kept is made of known words."""
+    from medmm.models import MedMM, ModelConfig
+    from medmm.models.report_words import known_words, words_of
+    from medmm.models.report_verifier import write_verified_reports
+
+    cfg = ModelConfig.model_validate({
+        "image_encoder": {"name": "slim", "widths": [4, 8, 8, 8], "depth": [1, 1, 1, 1], "embed_dim": 16, "token_grid": 1},
+        "report_generator": {"n_layer": 1, "n_head": 2, "n_embd": 16, "n_positions": 96, "max_report_tokens": 24,
+                             "max_new_tokens": 24, "grounding": "findings", "vocabulary": "tokenizer"},
+        "fusion": {"use_text": False, "hidden": 8},
+    })
+    torch.manual_seed(1)
+    model = MedMM(cfg, LABELS).eval()
+    words = known_words(["heart", "size", "is", "normal", "no", "the"], model.report_generator, labeler.ontology)
+    verifier = ReportVerifier(labeler, LABELS, model.report_generator, sentence_tokens=8, words=words)
+    decisions = torch.tensor(_random_decisions(2, seed=5))
+    for out in write_verified_reports(model, torch.randn(2, 1, 16), decisions, verifier):
+        assert out.agrees
+        for repair in out.repairs:
+            if repair.after and repair.action in ("re-decoded", "forced mention"):
+                assert set(words_of(repair.after)) <= words
