@@ -41,7 +41,8 @@ from medmm.knowledge.negex import NEGATED
 from medmm.models.report_words import words_of
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_ITEM = re.compile(r"(?:^|\s)\d{1,2}\.\s+")
+_ITEM = re.compile(r"(?:^|\s)\d{1,2}\.(?:\s+|$)")
+_WORDY = re.compile(r"[A-Za-z]{2}")
 _IMPRESSION = re.compile(r"\bIMPRESSION\s*:", re.IGNORECASE)
 _FINDINGS = re.compile(r"^\s*FINDINGS\s*:\s*", re.IGNORECASE)
 NO_FINDINGS_IMPRESSION = "No acute cardiopulmonary process."
@@ -79,7 +80,8 @@ def split_report(text: str) -> tuple[list[str], list[str], bool]:
     """``(findings sentences, impression items, cut_off)`` of a report.
 
     ``cut_off`` is True when the text does not end a sentence (the length limit cut it); the
-    unfinished sentence is then left out.
+    unfinished sentence is then left out, and so are "sentences" without a word (an empty
+    numbered item "3.").
     """
     text = " ".join((text or "").split())
     cut_off = bool(text) and text[-1] not in ".!?"
@@ -92,7 +94,7 @@ def split_report(text: str) -> tuple[list[str], list[str], bool]:
         impression = [s.strip() for item in items for s in _SENTENCE_END.split(item) if s.strip()]
     if cut_off:
         (impression if impression else findings).pop()
-    return findings, impression, cut_off
+    return [s for s in findings if _WORDY.search(s)], [s for s in impression if _WORDY.search(s)], cut_off
 
 
 def join_report(findings: Sequence[str], impression: Sequence[str]) -> str:
@@ -295,7 +297,7 @@ class ReportVerifier:
                            max_new_tokens=self.sentence_tokens, num_beams=1)[0]
         out = " ".join(out.split())
         out = re.sub(r" ([.,;:!?])", r"\1", re.sub(r"(?<=\w) - (?=\w)", "-", out))
-        return out if ends_sentence(out) and re.search(r"[A-Za-z]{2}", out) else None  # not a bare "2."
+        return out if ends_sentence(out) and _WORDY.search(out) else None  # not a bare "2."
 
 
 def _ontology_sentence(finding: str) -> str:

@@ -80,6 +80,9 @@ def test_split_report_drops_the_unfinished_sentence():
     assert cut and findings == ["No effusion.", "The heart is"] and impression == ["Normal."]
     findings, impression, cut = split_report("FINDINGS: No effusion. The heart is enlarg")
     assert cut and findings == ["No effusion."] and impression == []
+    # empty numbered items an LM wrote ("1. 2. 3.") are no sentences
+    findings, impression, cut = split_report("FINDINGS: No effusion. 2.\n\nIMPRESSION: 1. Cardiomegaly. 2. 3. 4.")
+    assert not cut and findings == ["No effusion."] and impression == ["Cardiomegaly."]
 
 
 class _FakeGenerator:
