@@ -11,7 +11,12 @@ classifies the scan, writes the report grounded on its decisions and verifies it
 - ``distinct_4`` (distinct 4-grams / all 4-grams over all reports), mean tokens, repairs per report
   (the shared metrics of ``medmm.evaluation.text_metrics``);
 - report seconds per scan (decoding + verification, after the classifier) and the ratio to the
-  2 s budget.
+  2 s budget; with ``--compare-threads`` each report is written a second time with torch's own
+  thread count while decoding (the baseline before ``medmm.models.decode_threads``), in the same
+  run and alternating scan by scan so both see the same machine load, and the speed-up ratio is
+  printed (the two reports must be identical);
+- ``denials``: sentences that deny a finding decided present ("Heart size is normal." next to a
+  cardiomegaly decision); the 0/1 agreement cannot see them, the verifier must leave none.
 
 Usage::
 
@@ -35,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, required=True, help="manifest.csv of a held-out set")
     parser.add_argument("--n", type=int, default=None, help="only the first N scans")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    parser.add_argument("--compare-threads", action="store_true",
+                        help="also time each report decoded with torch's thread count (baseline)")
     args = parser.parse_args(argv)
 
     import torch
@@ -52,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     labels = predictor.labels
     labeler = ReportLabeler(predictor.ontology, labels)
     cases = list(read_manifest(args.data, labels))[: args.n]
-    reports, references, decided, truth, seconds, repairs = [], [], [], [], [], []
+    reports, references, decided, truth, seconds, repairs, baseline = [], [], [], [], [], [], []
+    denials = 0
     for case in cases:
         image = preprocess_volume(load_volume(case.image), predictor.preprocessing)
         x = (image.as_tensor() if hasattr(image, "as_tensor") else image)[None].float()
@@ -64,6 +72,17 @@ def main(argv: list[str] | None = None) -> dict:
         checked = predictor.verified_reports(tokens, decisions, [""])[0]
         seconds.append(time.perf_counter() - start)
         assert checked.text == pred.reports[0]  # the benchmark times what the predictor returns
+        if args.compare_threads:
+            generator = predictor.model.report_generator
+            default_cfg = generator.cfg
+            generator.cfg = default_cfg.model_copy(update={"decode_threads": torch.get_num_threads()})
+            start = time.perf_counter()
+            again = predictor.verified_reports(tokens, decisions, [""])[0]
+            baseline.append(time.perf_counter() - start)
+            generator.cfg = default_cfg
+            assert again.text == checked.text, "the thread count changed a report"
+        verifier = predictor.verifier
+        denials += len(verifier.denied(checked.text) & {f for f, v in zip(labels, decisions[0].tolist()) if v})
         reports.append(checked.text)
         repairs.append(len(checked.repairs))
         references.append(case.report or "")
@@ -86,8 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
         "mean_repairs": statistics.mean(repairs), "reports_repaired": sum(r > 0 for r in repairs) / len(repairs),
         "report_s_mean": statistics.mean(seconds), "report_s_max": max(seconds),
         "report_s_ratio_to_budget": statistics.mean(seconds) / BUDGET_S,
+        "denials": denials, "torch_threads": torch.get_num_threads(),
         "example": reports[0] if reports else None,
     }
+    if baseline:
+        out["baseline_report_s_mean"] = statistics.mean(baseline)
+        out["speedup_vs_baseline"] = statistics.mean(baseline) / statistics.mean(seconds)
     for key, value in out.items():
         print(f"{key:>26}: {value:.3f}" if isinstance(value, float) else f"{key:>26}: {value}")
     if args.json:

@@ -162,6 +162,9 @@ class ReportGeneratorConfig(Strict):
     reports_per_batch: int | None = Field(
         None, ge=1, description="teacher-force at most this many reports of each training batch (CPU budget for "
         "full-length reports); None = all")
+    decode_threads: int | None = Field(
+        None, ge=1, le=1024, description="torch CPU threads while decoding; None: 1 for the from-scratch decoder "
+        "(tiny and latency-bound, medmm.models.decode_threads), torch's setting for a pretrained LM")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ReportGeneratorConfig:

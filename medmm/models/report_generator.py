@@ -23,6 +23,7 @@ from torch import nn
 
 from medmm.config.network import ReportGeneratorConfig
 from medmm.errors import MedmmConfigError
+from medmm.models.decode_threads import decode_threads
 from medmm.models.grounding import FindingsPrompt, finding_states, noisy_findings
 from medmm.models.pretrained import load_causal_lm, load_tokenizer
 from medmm.models.report_tokens import (  # noqa: F401  (re-exported: the generator's public helpers)
@@ -163,6 +164,13 @@ class ReportGenerator(nn.Module):
         return prefix.to(self.lm.dtype)
 
     @property
+    def decode_threads(self) -> int | None:
+        """CPU threads while decoding (``cfg.decode_threads``; by default 1 for the from-scratch decoder)."""
+        if self.cfg.decode_threads is not None:
+            return self.cfg.decode_threads
+        return 1 if self.cfg.name_or_path is None else None
+
+    @property
     def grounded(self) -> bool:
         return self.findings_prompt is not None
 
@@ -273,7 +281,7 @@ class ReportGenerator(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), decode_threads(self.decode_threads, tokens.device):
                 # the penalties are meant for the report only; the image prefix has no token ids
                 warnings.filterwarnings("ignore", message=r"Passing `(repetition_penalty|no_repeat_ngram_size)`")
                 batch = tokens.shape[0]

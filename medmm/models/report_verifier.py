@@ -140,7 +140,7 @@ class ReportVerifier:
         out = self.labeler.label(sentence)
         return {f for f in self.labels if out.get(f) == 1}
 
-    def _negated(self, sentence: str) -> set[str]:
+    def denied(self, sentence: str) -> set[str]:
         """Findings the sentence names as absent ("No pleural effusion.", "Heart size is normal.")."""
         return {f for m in self.labeler.mentions(sentence) if m.status == NEGATED for f in self._denies.get(m.concept, ())}
 
@@ -156,7 +156,7 @@ class ReportVerifier:
         if not sentence or not self.well_formed(sentence):
             return False
         stated = self._positive(sentence)
-        if stated - present or self._negated(sentence) & present:
+        if stated - present or self.denied(sentence) & present:
             return False
         return stating is None or stating in stated
 
@@ -164,7 +164,7 @@ class ReportVerifier:
         """Findings where the labelled ``text`` differs from the decisions (``present`` = decided),
         or that a sentence denies although decided present."""
         out = self.labeler.label(text)
-        denied = self._negated(text) & present
+        denied = self.denied(text) & present
         return [f for f in self.labels if (out.get(f) == 1) != (f in present) or f in denied]
 
     def verify(self, draft: str, decisions: Mapping[str, bool] | Sequence[bool],
@@ -190,7 +190,7 @@ class ReportVerifier:
 
         for section, sentences in (("findings", findings), ("impression", impression)):
             for k in reversed(range(len(sentences))):
-                denied = self._negated(sentences[k]) & present
+                denied = self.denied(sentences[k]) & present
                 if denied:
                     repairs.append(Repair(section, "removed", sorted(denied)[0],
                                           f"denied {', '.join(sorted(denied))}, decided present", sentences[k], None))
@@ -241,7 +241,7 @@ class ReportVerifier:
         for section, sentences in (("findings", findings), ("impression", impression)):
             for k in reversed(range(len(sentences))):
                 wrong = self._positive(sentences[k]) - present
-                denied = self._negated(sentences[k]) & present
+                denied = self.denied(sentences[k]) & present
                 if wrong or denied:
                     why = (f"stated {', '.join(sorted(wrong))}, decided absent" if wrong
                            else f"denied {', '.join(sorted(denied))}, decided present")
@@ -264,7 +264,7 @@ class ReportVerifier:
         said = {s.lower() for s in findings}
         for f in sorted(wrong):
             sentence = f"No {f.lower()}."
-            if sentence.lower() not in said and self.acceptable(sentence, present) and f in self._negated(sentence):
+            if sentence.lower() not in said and self.acceptable(sentence, present) and f in self.denied(sentence):
                 return sentence
         return None
 
