@@ -145,8 +145,11 @@ class ReportVerifier:
         return {f for m in self.labeler.mentions(sentence) if m.status == NEGATED for f in self._denies.get(m.concept, ())}
 
     def well_formed(self, sentence: str) -> bool:
-        """True for one finished sentence (no section heading) made only of known words."""
+        """True for one finished sentence (no section heading) made only of known words that does
+        not repeat itself (:func:`repeats_itself`)."""
         if not ends_sentence(sentence) or _IMPRESSION.search(sentence) or _FINDINGS.search(sentence):
+            return False
+        if repeats_itself(sentence):
             return False
         return self.words is None or all(w in self.words for w in words_of(sentence))
 
@@ -187,6 +190,12 @@ class ReportVerifier:
             repairs.append(Repair("impression" if _IMPRESSION.search(draft or "") else "findings", "removed truncated",
                                   None, "the length limit cut the last sentence off"))
         findings, impression = _dedupe(findings, "findings", repairs), _dedupe(impression, "impression", repairs)
+        for section, sentences in (("findings", findings), ("impression", impression)):
+            for k in reversed(range(len(sentences))):
+                if repeats_itself(sentences[k]):
+                    repairs.append(Repair(section, "removed repeat", None, "the sentence repeats itself (a decoding loop)",
+                                          sentences[k], None))
+                    del sentences[k]
 
         for section, sentences in (("findings", findings), ("impression", impression)):
             for k in reversed(range(len(sentences))):
@@ -255,7 +264,7 @@ class ReportVerifier:
         if section == "impression":
             prompt += " IMPRESSION: " + " ".join(impression[:k])
         banned = self._banned(set(self.labels) - present)
-        sentence = self._continue(prompt, banned, tokens, states)
+        sentence = _capitalise(self._continue(prompt, banned, tokens, states) or "")
         return sentence if self.acceptable(sentence, present) else None
 
     def _negative_sentence(self, wrong: set[str], present: set[str], findings: Sequence[str]) -> str | None:
@@ -298,6 +307,14 @@ class ReportVerifier:
         out = " ".join(out.split())
         out = re.sub(r" ([.,;:!?])", r"\1", re.sub(r"(?<=\w) - (?=\w)", "-", out))
         return out if ends_sentence(out) and _WORDY.search(out) else None  # not a bare "2."
+
+
+def repeats_itself(sentence: str) -> bool:
+    """True when three content words (4+ letters, plural folded) recur in the same order: the LM
+    looped ("calcified coronary artery calcified coronary artery calcifications")."""
+    words = [re.sub(r"(?<=[a-z]{3})s$", "", re.sub(r"ies$", "y", w)) for w in words_of(sentence) if len(w) >= 4]
+    grams = list(zip(words, words[1:], words[2:]))
+    return len(set(grams)) < len(grams)
 
 
 def _ontology_sentence(finding: str) -> str:

@@ -244,3 +244,26 @@ def test_every_accepted_sentence_is_well_formed_with_a_real_lm(labeler):
         for repair in out.repairs:
             if repair.after and repair.action in ("re-decoded", "forced mention"):
                 assert set(words_of(repair.after)) <= words
+
+
+def test_a_looping_sentence_is_removed_and_never_accepted(labeler):
+    from medmm.models.report_verifier import repeats_itself
+
+    loop = "Calcified coronary artery calcified coronary artery calcifications in the lad."
+    assert repeats_itself(loop) and repeats_itself("Calcified coronary artery calcified coronary arteries.")
+    assert not repeats_itself("Patchy ground-glass opacities in the right upper lobe and left lower lobe.")
+    verifier = ReportVerifier(labeler, LABELS)
+    decisions = {f: f in ("Coronary artery wall calcification", "Arterial wall calcification") for f in LABELS}
+    out = verifier.verify(join_report([loop, "No pleural effusion."], ["Coronary artery calcifications."]), decisions)
+    assert loop not in out.text and out.agrees
+    assert ("removed repeat", loop) in [(r.action, r.before) for r in out.repairs]
+    assert not verifier.well_formed(loop)
+
+
+def test_re_decoded_sentence_starts_with_a_capital(labeler):
+    fake = _FakeGenerator()
+    fake.generate = lambda *a, prompt=None, bad_words=(), **k: ["the heart size is normal."]
+    verifier = ReportVerifier(labeler, LABELS, fake)
+    out = verifier.verify(join_report(["Cardiomegaly is present."], ["No acute process."]), {f: False for f in LABELS},
+                          tokens=torch.zeros(1, 2, 4))
+    assert [r.after for r in out.repairs if r.action == "re-decoded"] == ["The heart size is normal."]
