@@ -147,7 +147,9 @@ class ReportVerifier:
     def well_formed(self, sentence: str) -> bool:
         """True for one finished sentence (no section heading) made only of known words that does
         not repeat itself (:func:`repeats_itself`)."""
-        if not ends_sentence(sentence) or _IMPRESSION.search(sentence) or _FINDINGS.search(sentence):
+        if not ends_sentence(sentence) or not _WORDY.search(sentence):
+            return False  # unfinished, or a bare "2."
+        if _IMPRESSION.search(sentence) or _FINDINGS.search(sentence):
             return False
         if repeats_itself(sentence):
             return False
@@ -283,7 +285,7 @@ class ReportVerifier:
             banned = self._banned(set(self.labels) - present)
             for phrase in [p for p in self._phrases[f] if self.generator.can_write(p)][:self.mention_attempts]:
                 rest = self._continue("FINDINGS: " + " ".join(findings) + " " + phrase, banned, tokens, states)
-                sentence = _capitalise(f"{phrase} {rest}".strip() if rest else "")
+                sentence = _capitalise((phrase + rest if rest[:1] in ".,;:" else f"{phrase} {rest}") if rest else "")
                 if self.acceptable(sentence, present, stating=f):
                     findings.append(sentence)
                     repairs.append(Repair("findings", "forced mention", f, reason, None, sentence))
@@ -298,7 +300,8 @@ class ReportVerifier:
         return sorted({p for f in absent for p in self._phrases[f]})
 
     def _continue(self, prompt: str, banned: list[str], tokens, states) -> str | None:
-        """One sentence the LM writes after ``prompt`` (None when it is not a finished sentence)."""
+        """The rest of the sentence the LM writes after ``prompt`` (maybe just "."; None when it
+        does not finish the sentence)."""
         gen = self.generator
         if not gen.can_write(prompt):
             return None
@@ -306,7 +309,7 @@ class ReportVerifier:
                            max_new_tokens=self.sentence_tokens, num_beams=1)[0]
         out = " ".join(out.split())
         out = re.sub(r" ([.,;:!?])", r"\1", re.sub(r"(?<=\w) - (?=\w)", "-", out))
-        return out if ends_sentence(out) and _WORDY.search(out) else None  # not a bare "2."
+        return out if ends_sentence(out) else None
 
 
 def repeats_itself(sentence: str) -> bool:

@@ -267,3 +267,13 @@ def test_re_decoded_sentence_starts_with_a_capital(labeler):
     out = verifier.verify(join_report(["Cardiomegaly is present."], ["No acute process."]), {f: False for f in LABELS},
                           tokens=torch.zeros(1, 2, 4))
     assert [r.after for r in out.repairs if r.action == "re-decoded"] == ["The heart size is normal."]
+
+
+def test_forced_mention_may_end_right_after_the_phrase(labeler):
+    fake = _FakeGenerator()
+    fake.generate = lambda *a, prompt=None, bad_words=(), **k: ["."] if prompt.endswith("lung nodule") else ["2."]
+    verifier = ReportVerifier(labeler, LABELS, fake)
+    out = verifier.verify(join_report(["No pleural effusion."], ["No acute process."]),
+                          {f: f == "Lung nodule" for f in LABELS}, tokens=torch.zeros(1, 2, 4))
+    assert ("forced mention", "Lung nodule.") in [(r.action, r.after) for r in out.repairs]
+    assert not verifier.well_formed("2.") and out.agrees
