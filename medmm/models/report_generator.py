@@ -312,6 +312,41 @@ class ReportGenerator(nn.Module):
             self.train(was_training)
         return self.decode(out, tidy=False) if prompt else self.decode(out)
 
+    @torch.no_grad()
+    def phrase_logprobs(self, tokens: torch.Tensor, prompt: str, phrases: Sequence[str],
+                        findings: torch.Tensor | None = None) -> list[float]:
+        """Log-probability the LM gives each phrase right after ``prompt`` (one scan, ``tokens [1, N, D]``).
+
+        The verifier ranks a finding's synonyms by it before forcing a mention: the phrase this
+        LM, reading this image, would write ("enlarged lymph node", not the alphabetically first
+        "adenopathy"). One teacher-forced pass over all phrases, in eval mode.
+        """
+        head = [self.bos_id, *self.encode(prompt)]
+        seqs = [head + self.encode(" " + p) for p in phrases]
+        if not seqs:
+            return []
+        ids = torch.full((len(seqs), max(map(len, seqs))), self.pad_id, dtype=torch.long, device=tokens.device)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+        was_training = self.training
+        self.eval()
+        try:
+            with decode_threads(self.decode_threads, tokens.device):
+                states = None if findings is None else finding_states(findings)
+                prefix = self._prefix(tokens, states).expand(len(seqs), -1, -1).contiguous()
+                embeds = self.lm.get_input_embeddings()(ids)
+                if self.cfg.conditioning == "cross_attention":
+                    logits, offset = self.lm(inputs_embeds=embeds, encoder_hidden_states=prefix).logits, 0
+                else:
+                    logits = self.lm(inputs_embeds=torch.cat([prefix, embeds], dim=1)).logits
+                    offset = prefix.shape[1]
+                logp = torch.log_softmax(logits.float(), dim=-1)
+        finally:
+            self.train(was_training)
+        # right padding: the phrase tokens see only the prompt and themselves (causal attention)
+        return [float(sum(logp[row, offset + t - 1, seq[t]] for t in range(len(head), len(seq))))
+                for row, seq in enumerate(seqs)]
+
     # ----------------------------------------------------------------------------- token helpers
     def encode(self, text: str) -> list[int]:
         """LM ids of ``text`` (no special tokens)."""

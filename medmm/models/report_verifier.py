@@ -283,8 +283,9 @@ class ReportVerifier:
         reason = f"{f} decided present but not stated"
         if can_decode:
             banned = self._banned(set(self.labels) - present)
-            for phrase in [p for p in self._phrases[f] if self.generator.can_write(p)][:self.mention_attempts]:
-                rest = self._continue("FINDINGS: " + " ".join(findings) + " " + phrase, banned, tokens, states)
+            prompt = "FINDINGS: " + " ".join(findings)
+            for phrase in self._ranked_phrases(f, prompt, tokens, states)[:self.mention_attempts]:
+                rest = self._continue(prompt + " " + phrase, banned, tokens, states)
                 sentence = _capitalise((phrase + rest if rest[:1] in ".,;:" else f"{phrase} {rest}") if rest else "")
                 if self.acceptable(sentence, present, stating=f):
                     findings.append(sentence)
@@ -295,6 +296,16 @@ class ReportVerifier:
                 findings.append(sentence)
                 repairs.append(Repair("findings", "ontology sentence", f, reason, None, sentence))
                 return
+
+    def _ranked_phrases(self, f: str, prompt: str, tokens, states) -> list[str]:
+        """The finding's phrases the LM can write, most likely first after ``prompt`` (LM order
+        when the generator can score them, else the ontology's: preferred label first)."""
+        gen = self.generator
+        phrases = [p for p in self._phrases[f] if gen.can_write(p)]
+        if len(phrases) > 1 and hasattr(gen, "phrase_logprobs") and gen.can_write(prompt):
+            scores = gen.phrase_logprobs(tokens, prompt, phrases, findings=states)
+            phrases = [p for _, _, p in sorted(zip([-s for s in scores], range(len(phrases)), phrases))]
+        return phrases
 
     def _banned(self, absent: set[str]) -> list[str]:
         return sorted({p for f in absent for p in self._phrases[f]})

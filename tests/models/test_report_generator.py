@@ -187,3 +187,20 @@ def test_compact_vocabulary_is_derived_only_for_the_from_scratch_decoder(tiny_be
     assert vocab(name_or_path=str(tiny_gpt2_dir)) is None and vocab(vocabulary="tokenizer") is None
     with pytest.raises(ValueError, match="tokenizer has only"):
         _generator(tiny_bert_dir, vocab_ids=[10**7])
+
+
+@pytest.mark.parametrize("conditioning", ["prefix", "cross_attention"])
+def test_phrase_logprobs_rank_what_the_lm_would_write(tiny_bert_dir, conditioning):
+    """Log p(phrase | prompt, image): independent of the other phrases' padding, and the greedy
+    next word ranks first among one-token phrases."""
+    gen = _generator(tiny_bert_dir, conditioning=conditioning)
+    tokens = _tokens(batch=1)
+    words = [w for w in ("effusion", "nodule", "heart", "no", "the") if len(gen.encode(" " + w)) == 1]
+    next_word = gen.generate(tokens, prompt="findings:", max_new_tokens=1, num_beams=1)[0].strip()
+    phrases = sorted(set(words) | {next_word})
+    scores = gen.phrase_logprobs(tokens, "findings:", phrases)
+    assert phrases[max(range(len(phrases)), key=scores.__getitem__)] == next_word
+    both = gen.phrase_logprobs(tokens, "findings:", ["no pleural effusion", "nodule"])
+    alone = gen.phrase_logprobs(tokens, "findings:", ["nodule"])
+    assert both[1] == pytest.approx(alone[0], abs=1e-4) and all(s < 0 for s in both)
+    assert gen.phrase_logprobs(tokens, "findings:", []) == [] and gen.training
