@@ -125,6 +125,7 @@ def terminal_table(metrics: dict[str, Any]) -> str:
         lines.append(
             f"reports {rep['n_reports']} | BLEU-4 {f(rep['bleu4'])} | ROUGE-L {f(rep['rouge_l'])} | "
             f"{meteor_key} {f(rep[meteor_key])} | clinical-efficacy F1 (micro) {f(ce_f1)}"
+            + (f" (decisions' own micro F1 {f(rep['classifier_f1']['micro'])}: the ceiling)" if rep.get("classifier_f1") else "")
         )
     if rep.get("n_generated"):
         lines.append(

@@ -201,7 +201,7 @@ def evaluate(
 
     refs = [c.report or "" for c in cases]
     reports = report_metrics(pred["reports"], refs, labeler=labeler,
-                             decisions=predictor.decide(torch.as_tensor(pred["consistent"])).numpy())
+                             decisions=predictor.decide(torch.as_tensor(pred["consistent"])).numpy(), truth=y)
 
     robustness = None
     if specs:

@@ -153,6 +153,7 @@ def report_metrics(
     clinical_f1: Callable[..., Any] | None = None,
     decisions: Any = None,
     labels: Sequence[str] | None = None,
+    truth: Any = None,
 ) -> dict[str, Any]:
     """NLG and clinical-efficacy metrics of generated vs reference reports.
 
@@ -164,6 +165,9 @@ def report_metrics(
             ``(generated, reference, labeler) -> dict|float``; defaults to the knowledge one.
         decisions: the model's decisions ``[N, L]`` for every generated report (for ``agreement``).
         labels: the decisions' label order (default: ``labeler.labels``).
+        truth: the true labels ``[N, L]`` (1 positive; 0/-1 not): adds ``classifier_f1``, the
+            micro/macro F1 of the decisions themselves, the ceiling of clinical-efficacy F1 when
+            every report agrees with its decisions.
 
     Returns:
         ``{"n_reports", "bleu4", "rouge_l", <meteor variant>, "chrf", "clinical_efficacy",
@@ -177,6 +181,8 @@ def report_metrics(
     ref = [r for _, r in pairs]
     out: dict[str, Any] = {"n_reports": len(pairs), "n_generated": len(generated)}
     out.update(generation_metrics(generated, labeler, decisions, labels))
+    if truth is not None and decisions is not None:
+        out["classifier_f1"] = decision_f1(decisions, truth, list(labels if labels is not None else labeler.labels))
     if not pairs:
         return out | {"protocol": "no reference reports: reference-based report metrics not computed; " + _GEN_PROTOCOL}
     out["bleu4"] = bleu4(gen, ref)
@@ -201,11 +207,21 @@ def report_metrics(
     return out
 
 
+def decision_f1(decisions: Any, truth: Any, labels: Sequence[str]) -> dict[str, float]:
+    """``{"micro", "macro"}`` F1 of the decisions ``[N, L]`` against the true labels (1 = positive)."""
+    from medmm.knowledge.label_scores import label_f1
+
+    as_dicts = lambda m: [dict(zip(labels, (int(v == 1) for v in row))) for row in np.asarray(m).tolist()]  # noqa: E731
+    scores = label_f1(as_dicts(np.asarray(decisions).astype(int)), as_dicts(truth), labels)
+    return {"micro": scores["micro"]["f1"], "macro": scores["macro"]["f1"]}
+
+
 _GEN_PROTOCOL = (
     "over every generated report: agreement = fraction of (scan, finding) pairs where the report labeler's "
     "reading of the generated report (positive = 1) equals the model's ontology-consistent decision; truncated = "
     "fraction of reports not ending with . ! or ? (empty = truncated); distinct_4 = distinct/total word 4-grams "
-    "over all generated reports; mean_tokens = mean wordpunct tokens per report"
+    "over all generated reports; mean_tokens = mean wordpunct tokens per report; classifier_f1 = micro/macro F1 "
+    "of the decisions against the true labels (the ceiling of clinical-efficacy F1 when agreement is 1)"
 )
 
 

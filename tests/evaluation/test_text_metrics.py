@@ -100,3 +100,20 @@ def test_report_metrics_adds_generation_metrics_with_the_real_labeler():
     # without any reference the reference-free metrics are still reported
     res = rm.report_metrics(generated, ["", ""], labeler=labeler, decisions=decisions)
     assert res["n_reports"] == 0 and res["agreement"] == 0.75 and "bleu4" not in res
+
+
+def test_classifier_f1_is_the_decisions_against_the_truth():
+    """The ceiling of CE-F1: decisions vs true labels (-1 unknown counts as negative)."""
+    from medmm.knowledge import ReportLabeler, load_ontology
+
+    labels = ["Pleural effusion", "Cardiomegaly"]
+    labeler = ReportLabeler(load_ontology(), labels)
+    generated = ["Small right pleural effusion. Heart size is normal.", "The heart is enlarged."]
+    decisions, truth = [[1, 0], [0, 1]], [[1, 0], [1, -1]]
+    res = rm.report_metrics(generated, ["Pleural effusion.", "Pleural effusion."], labeler=labeler,
+                            decisions=decisions, truth=truth)
+    # true positives 1 (effusion, scan 1), false positives 1 (cardiomegaly), false negatives 1
+    assert res["classifier_f1"]["micro"] == pytest.approx(0.5)
+    assert res["classifier_f1"] == rm.decision_f1(decisions, truth, labels)
+    assert res["agreement"] == 1.0 and res["clinical_efficacy"]["micro"]["f1"] == pytest.approx(0.5)
+    assert "classifier_f1" not in rm.report_metrics(generated, ["x", "y"], labeler=labeler, decisions=decisions)
