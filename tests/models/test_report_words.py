@@ -41,3 +41,14 @@ def test_old_runs_fall_back_to_the_compact_vocabulary():
     # a pretrained LM without a stored list: nothing bounds its words
     gen.to_tokenizer_ids = None
     assert known_words(None, gen, load_ontology()) is None
+
+
+def test_derive_network_stores_the_training_words():
+    from medmm.config import ModelConfig, PreprocessingConfig
+    from medmm.models.derived import derive_network
+
+    reports = ["Heart size is normal.", "Heart size is normal. Rare.", ""]
+    derived = derive_network(ModelConfig(), PreprocessingConfig(), reports)
+    assert derived.report_words == ["heart", "is", "normal", "size"]
+    assert derive_network(ModelConfig(), PreprocessingConfig()).report_words is None
+    assert derive_network(ModelConfig(), PreprocessingConfig(), ["", ""]).report_words is None
