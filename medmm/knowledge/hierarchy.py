@@ -141,3 +141,30 @@ def max_constraint_loss(raw_logits: torch.Tensor, targets: torch.Tensor, r: torc
         use.masked_fill(~torch.isfinite(use), 0.0), positive.float(),
         pos_weight=None if pos_weight is None else pos_weight.to(raw.device), reduction="none")
     return (per_entry * known).sum() / known.sum().clamp_min(1.0)
+
+
+def group_rows(hierarchy: Hierarchy | None, group_logits: torch.Tensor | None,
+               finding_probs: torch.Tensor) -> list[dict]:
+    """``result.json`` rows of the group outputs of one scan (empty without a hierarchy).
+
+    A group's probability is its max-constrained output, raised to the largest final probability
+    of its findings (after calibration and the consistency step), so a reported group is never
+    less likely than a finding it contains.
+
+    Args:
+        hierarchy: the model's `Hierarchy` (None: no group outputs).
+        group_logits: ``[1, G]`` group logits after the max-constraint.
+        finding_probs: ``[1, L]`` final finding probabilities.
+    """
+    if hierarchy is None or group_logits is None:
+        return []
+    n_find = len(hierarchy.findings)
+    covers = hierarchy.matrix()[n_find:, :n_find]  # [G, L]
+    own = torch.sigmoid(group_logits.detach().float().cpu())[0]
+    probs = finding_probs.detach().float().cpu()[0]
+    rows = []
+    for g, name in enumerate(hierarchy.groups):
+        members = covers[g].nonzero().flatten().tolist()
+        p = max([float(own[g])] + [float(probs[j]) for j in members])
+        rows.append({"group": name, "probability": round(p, 6), "findings": [hierarchy.findings[j] for j in members]})
+    return rows

@@ -227,12 +227,14 @@ class MedMM(nn.Module):
                 raise ValueError("the fusion head reads generated reports; generate=False would feed it empty ones")
             texts = fusion_texts(reports, list(indications or [None] * n), use_generated_report, use_indication)
             text_emb = self.encode_text(texts) if self.uses_text else None
+        if getattr(self, "hierarchy", None) is None:  # (stand-in models in tests have no hierarchy)
+            logits = self.classify(pooled, text_emb, tokens)
+            return StepOutput(logits, list(reports), texts, fmap, tokens, text_emb)
         raw = self.fusion(pooled, text_emb, tokens)
         outputs = self.constrain(raw)
         n_labels = len(self.labels)
-        groups = outputs[:, n_labels:] if self.hierarchy is not None else None
-        return StepOutput(outputs[:, :n_labels], list(reports), texts, fmap, tokens, text_emb, groups,
-                          raw if self.hierarchy is not None else None)
+        return StepOutput(outputs[:, :n_labels], list(reports), texts, fmap, tokens, text_emb,
+                          outputs[:, n_labels:], raw)
 
     def generate_reports(self, tokens: torch.Tensor, findings_probs: torch.Tensor | None = None,
                          **decode: object) -> list[str]:
