@@ -65,7 +65,7 @@ def workflow(args: argparse.Namespace, variant: str, fraction: float, seed: int)
             "hierarchy": v["hierarchy"],
         },
         "ontology": {"kr_weight": v["kr_weight"], "kr_form": "hinge"},
-        "loss": {"lm_weight": 0.0},
+        "loss": {"lm_weight": 0.0, "pos_weight": args.pos_weight},
         "optimizer": {"lr": args.lr},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "label_fraction": fraction,
                      "amp": False, "cache": "memory",
@@ -129,6 +129,8 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], np.ndarray,
                 if done.is_file():
                     rows.append(json.loads(done.read_text()))
                     continue
+                if args.summarise_only:
+                    continue
                 t0 = time.perf_counter()
                 trained = medmm.train(wf, run_dir=run_dir, device="cpu", verbose=False)
                 row = {"variant": variant, "label_fraction": fraction, "seed": seed,
@@ -181,14 +183,14 @@ def markdown(table: list[dict[str, Any]], rare: list[str], args: argparse.Namesp
              f"(data seed {args.data_seed}, 20 % of them for validation/checkpoint choice), {args.size}^3, "
              f"{args.epochs} epochs, seeds {args.seeds}. Rare findings (lowest held-out prevalence): {', '.join(rare)}. "
              f"Wall time {wall_s / 60:.1f} min.", "",
-             "| labels | variant | macro AUROC (mean ± sd) | Δ vs plain [95 % CI] | rare-finding AUROC | "
+             "| labels | variant | seeds | macro AUROC (mean ± sd) | Δ vs plain [95 % CI] | rare-finding AUROC | "
              "raw violations @0.5 | raw violations (continuous) | output violations @0.5 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         sd = f" ± {r['macro_auroc_sd']:.3f}" if r["macro_auroc_sd"] is not None else ""
         d = r.get("vs_plain")
         diff = f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d else "—"
-        lines.append(f"| {r['label_fraction']:.0%} | {r['variant']} | {r['macro_auroc_mean']:.3f}{sd} | {diff} | "
+        lines.append(f"| {r['label_fraction']:.0%} | {r['variant']} | {r['n_seeds']} | {r['macro_auroc_mean']:.3f}{sd} | {diff} | "
                      f"{r['rare_macro_auroc_mean']:.3f} | {r['violation_raw_mean']:.3f} | "
                      f"{r['violation_raw_continuous_mean']:.3f} | {r['violation_output_mean']:.3f} |")
     return "\n".join(lines) + "\n"
@@ -208,12 +210,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--widths", type=int, nargs=4, default=[4, 8, 8, 16])
     p.add_argument("--hidden", type=int, default=32, help="embedding / head width")
     p.add_argument("--kr-weight", type=float, default=1.0)
+    p.add_argument("--pos-weight", choices=["auto"], default=None, help="BCE/MCLoss positive weight (default none)")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--test-seed", type=int, default=1000)
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--cache-dir", type=Path, default=Path("~/.cache/medmm/synthetic").expanduser())
     p.add_argument("--out", type=Path, default=Path("bench_out/knowledge"))
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--summarise-only", action="store_true",
+                   help="train nothing: tabulate the runs already finished under --out (partial tables say so)")
     p.add_argument("--tiny", action="store_true", help="smoke run: 2 variants, 1 fraction, 2 seeds, tiny data")
     args = p.parse_args(argv)
     if args.tiny:
