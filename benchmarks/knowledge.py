@@ -164,7 +164,8 @@ def summarise(rows: list[dict[str, Any]], y: np.ndarray, labels: list[str],
             macro = [macro_auroc(p) for p in per]
             rare_macro = [macro_auroc(p, rare) for p in per]
             row = {"label_fraction": fraction, "variant": variant, "n_seeds": len(runs),
-                   "macro_auroc_mean": float(np.mean(macro)), "macro_auroc_sd": float(np.std(macro, ddof=1)) if len(macro) > 1 else None,
+                   "macro_auroc_mean": float(np.mean(macro)),
+                   "macro_auroc_sd": float(np.std(macro, ddof=1)) if len(macro) > 1 else None,
                    "macro_auroc_per_seed": macro,
                    "rare_macro_auroc_mean": float(np.mean(rare_macro)),
                    "violation_raw_mean": float(np.mean([r["violation_raw"] for r in runs])),
@@ -190,7 +191,8 @@ def markdown(table: list[dict[str, Any]], rare: list[str], args: argparse.Namesp
         sd = f" ± {r['macro_auroc_sd']:.3f}" if r["macro_auroc_sd"] is not None else ""
         d = r.get("vs_plain")
         diff = f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d else "—"
-        lines.append(f"| {r['label_fraction']:.0%} | {r['variant']} | {r['n_seeds']} | {r['macro_auroc_mean']:.3f}{sd} | {diff} | "
+        lines.append(f"| {r['label_fraction']:.0%} | {r['variant']} | {r['n_seeds']} | "
+                     f"{r['macro_auroc_mean']:.3f}{sd} | {diff} | "
                      f"{r['rare_macro_auroc_mean']:.3f} | {r['violation_raw_mean']:.3f} | "
                      f"{r['violation_raw_continuous_mean']:.3f} | {r['violation_output_mean']:.3f} |")
     return "\n".join(lines) + "\n"

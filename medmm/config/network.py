@@ -234,6 +234,9 @@ class ModelConfig(Strict):
         return self
 
 
+OutputIndex = Annotated[int, Field(ge=0, le=8192)]
+
+
 class NetworkDerived(Strict):
     """Values computed when a model is built, stored next to (never inside) its `ModelConfig`.
 
@@ -249,8 +252,7 @@ class NetworkDerived(Strict):
     vocab_ids: list[Annotated[int, Field(ge=0, le=10_000_000)]] | None = Field(None, min_length=1, max_length=1_000_000)
     # issue 20: ontology outputs (medmm.knowledge.hierarchy) and label-query texts (medmm.models.query_head)
     hierarchy_groups: list[Annotated[str, Field(max_length=500)]] | None = Field(None, max_length=4096)
-    hierarchy_edges: list[tuple[Annotated[int, Field(ge=0, le=8192)], Annotated[int, Field(ge=0, le=8192)]]] | None = Field(
-        None, max_length=1_000_000)
+    hierarchy_edges: list[tuple[OutputIndex, OutputIndex]] | None = Field(None, max_length=1_000_000)
     label_query_texts: list[Annotated[str, Field(max_length=20_000)]] | None = Field(None, max_length=8192)
     label_query_dim: int | None = Field(None, ge=1, le=8192)
 

@@ -40,7 +40,8 @@ def label_query_text(ontology, label: str) -> str:
 
 def label_query_embeddings(texts: Sequence[str], text_cfg: TextEncoderConfig) -> torch.Tensor:
     """Embeddings ``[N, T]`` of ``texts`` by the (frozen, offline) text encoder of ``text_cfg``."""
-    return _embed(tuple(texts), text_cfg.model_copy(update={"max_length": 256, "tuning": "frozen"}).model_dump_json()).clone()
+    frozen = text_cfg.model_copy(update={"max_length": 256, "tuning": "frozen"})
+    return _embed(tuple(texts), frozen.model_dump_json()).clone()
 
 
 @lru_cache(maxsize=8)
@@ -76,7 +77,8 @@ class KnowledgeQueryHead(nn.Module):
         self.register_buffer("label_embeddings", torch.zeros(n_outputs, query_dim))
         if label_embeddings is not None:
             if tuple(label_embeddings.shape) != (n_outputs, query_dim):
-                raise ValueError(f"label_embeddings must be [{n_outputs}, {query_dim}], got {tuple(label_embeddings.shape)}")
+                raise ValueError(f"label_embeddings must be [{n_outputs}, {query_dim}], "
+                                 f"got {tuple(label_embeddings.shape)}")
             self.label_embeddings.copy_(label_embeddings)
         self.query_proj = nn.Linear(query_dim, h)
         self.query_delta = nn.Parameter(torch.zeros(n_outputs, h))  # learned per-output correction, starts at 0
