@@ -1,0 +1,220 @@
+"""Batch inference of a cohort on Ray: one actor per worker, each holding a loaded model.
+
+The per-scan step, the "finished" test and the summary are the single-process batch mode's
+(:mod:`medmm.inference.batch`), so outputs are the same files and a run mixes freely with
+``medmm infer`` without ``--ray`` (resume either way). The driver hands one scan at a time to
+each idle actor (a slow scan never holds up a queue behind it). A worker that dies (killed,
+out of memory, node lost) is restarted by Ray and its scan retried, so no scan is lost; a scan
+that kills its worker ``max_task_retries + 1`` times is listed as failed with that reason.
+
+Inputs and outputs are paths: on a multi-node cluster they must be on storage every node sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medmm.errors import MedmmConfigError, MedmmError
+from medmm.inference.batch import BatchSummary, ScanJob, is_finished
+
+# A locally started instance only moves paths and short strings between processes; Ray's default
+# object store (30 % of RAM) would reserve memory the models need.
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a one-line error naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise MedmmConfigError("--ray", "Ray is not installed: pip install 'medmm[ray]'") from None
+    return ray
+
+
+@dataclass
+class RaySettings:
+    """Where the cluster is and how each worker is sized.
+
+    ``address``: None starts a local Ray instance; ``"auto"`` joins the running cluster (``ray
+    start --head`` on this machine or ``RAY_ADDRESS``); ``ray://host:10001`` a remote one.
+    ``workers``: None = as many as the cluster's CPUs/GPUs fit. ``gpus_per_worker``: None = 1
+    when the cluster has GPUs, else 0 (fractions share a GPU between workers).
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None
+    max_task_retries: int = 2
+
+
+class _CaseWorker:
+    """A Ray actor: loads the model once, then diagnoses scans with the batch mode's step."""
+
+    def __init__(self, run_dir: str, load_options: dict[str, Any]):
+        self.run_dir, self.load_options, self.predictor = run_dir, load_options, None
+
+    def _model(self) -> Any:
+        if self.predictor is None:  # also after a restart: an actor's state does not survive it
+            from medmm.inference import load_model
+
+            self.predictor = load_model(self.run_dir, **self.load_options)
+        return self.predictor
+
+    def model_id(self) -> str:
+        return self._model().model_id
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def diagnose(self, job: ScanJob, out_dir: str, writer_options: dict[str, Any], force: bool) -> str | None:
+        from medmm.inference.batch import diagnose_job
+
+        return diagnose_job(self._model(), job, out_dir, writer_options, force)
+
+
+class RayBatch:
+    """A pool of model-holding actors on a Ray cluster (a context manager: actors end with it)."""
+
+    def __init__(self, run_dir: str | Path, settings: RaySettings | None = None, device: str | None = None,
+                 checkpoint: str = "best", allow_ontology_mismatch: bool = False):
+        self.ray = import_ray()
+        self.settings = settings or RaySettings()
+        self.run_dir = str(run_dir)
+        self.load_options = {"device": device, "checkpoint": checkpoint,
+                             "allow_ontology_mismatch": allow_ontology_mismatch}
+        self.actors: list[Any] = []
+        self.model_id: str | None = None
+        self._started_ray = False
+
+    # ----------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "RayBatch":
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Connect to (or start) Ray, start the actors and load the model in each.
+
+        Raises:
+            MedmmError: the model does not load (the first worker's one-line reason).
+            MedmmConfigError: the cluster cannot host one worker of the requested size.
+        """
+        ray, s = self.ray, self.settings
+        if not ray.is_initialized():
+            local = {"object_store_memory": LOCAL_OBJECT_STORE_BYTES} if s.address is None else {}
+            ray.init(address=s.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, **local)
+            self._started_ray = True
+        resources = ray.cluster_resources()
+        gpus = s.gpus_per_worker if s.gpus_per_worker is not None else (1.0 if resources.get("GPU", 0) else 0.0)
+        fit = int(resources.get("CPU", 0) // s.cpus_per_worker) if s.cpus_per_worker > 0 else 1 << 30
+        if gpus > 0:
+            fit = min(fit, int(resources.get("GPU", 0) // gpus))
+        if fit < 1:
+            raise MedmmConfigError("--ray", f"the Ray cluster ({_describe(resources)}) cannot host one worker of "
+                                   f"{s.cpus_per_worker:g} CPU and {gpus:g} GPU")
+        workers = min(s.workers or fit, fit)
+        if s.workers and s.workers > fit:
+            logging.getLogger("medmm").warning("only %d of %d workers fit the cluster (%s)", fit, s.workers,
+                                               _describe(resources))
+        options = dict(self.load_options)
+        if gpus > 0 and options["device"] is None:
+            options["device"] = "cuda"
+        elif gpus == 0 and options["device"] is None:
+            options["device"] = "cpu"  # a worker without a GPU share must not grab a GPU it was not given
+        actor_class = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=gpus, max_restarts=-1,
+                                 max_task_retries=s.max_task_retries)(_CaseWorker)
+        self.actors = [actor_class.remote(self.run_dir, options) for _ in range(workers)]
+        ids = {self._get(a.model_id.remote()) for a in self.actors}
+        if len(ids) != 1:  # the same run dir seen differently by two nodes: not a shared filesystem
+            raise MedmmConfigError(self.run_dir, f"workers loaded different models ({', '.join(sorted(ids))}); "
+                                   "put the run directory on storage every node sees")
+        self.model_id = ids.pop()
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+        if self._started_ray:
+            self.ray.shutdown()
+            self._started_ray = False
+
+    def pids(self) -> list[int]:
+        """Process ids of the workers (current incarnations)."""
+        return [self._get(a.pid.remote()) for a in self.actors]
+
+    # ---------------------------------------------------------------------- work
+    def run(self, jobs: list[ScanJob], out_root: str | Path, writer_options: dict[str, Any] | None = None,
+            progress: bool = True, echo: Callable[[str], None] = print, force: bool = False) -> BatchSummary:
+        """Diagnose ``jobs`` into ``out_root/<name>/`` (same contract as :func:`~medmm.inference.batch.run_batch`)."""
+        from tqdm.auto import tqdm
+
+        ray = self.ray
+        out_root = Path(out_root)
+        summary = BatchSummary()
+        pending: deque[ScanJob] = deque()
+        for job in jobs:
+            (summary.skipped.append(job.name) if is_finished(out_root / job.name, self.model_id)
+             else pending.append(job))
+        options = dict(writer_options or {})
+        idle, inflight = list(self.actors), {}
+        with tqdm(total=len(pending), desc="medmm infer (ray)", unit="scan", disable=not progress) as bar:
+            while pending or inflight:
+                while idle and pending:
+                    actor, job = idle.pop(), pending.popleft()
+                    inflight[actor.diagnose.remote(job, str(out_root / job.name), options, force)] = (job, actor)
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                for ref in ready:
+                    job, actor = inflight.pop(ref)
+                    idle.append(actor)
+                    summary.record(job.name, self._reason(ref), echo)
+                    bar.update(1)
+        return summary
+
+    def _reason(self, ref: Any) -> str | None:
+        """The scan's failure reason (None: done); a worker lost beyond its retries is a reason too."""
+        from ray.exceptions import RayActorError
+
+        try:
+            return self._get(ref)
+        except RayActorError:
+            return (f"the worker died {self.settings.max_task_retries + 1} times on this scan "
+                    "(out of memory, or the process was killed)")
+
+    def _get(self, ref: Any) -> Any:
+        """``ray.get``, with a worker's MedmmError re-raised as itself (one line, not a remote traceback)."""
+        from ray.exceptions import RayTaskError
+
+        try:
+            return self.ray.get(ref)
+        except RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, MedmmError):
+                raise cause from None
+            raise
+
+
+def _describe(resources: dict[str, float]) -> str:
+    return f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
+
+
+def run_batch_ray(run_dir: str | Path, jobs: list[ScanJob], out_root: str | Path,
+                  writer_options: dict[str, Any] | None = None, settings: RaySettings | None = None,
+                  progress: bool = True, echo: Callable[[str], None] = print, force: bool = False,
+                  **load_options: Any) -> BatchSummary:
+    """Start a :class:`RayBatch`, diagnose ``jobs``, stop it (``load_options``: device, checkpoint, ...)."""
+    with RayBatch(run_dir, settings, **load_options) as pool:
+        return pool.run(jobs, out_root, writer_options, progress=progress, echo=echo, force=force)
