@@ -28,12 +28,24 @@ from medmm.inference.batch import BatchSummary, ScanJob, is_finished
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
 
 
-def import_ray() -> Any:
-    """The ``ray`` module, or a one-line error naming the extra to install."""
+def import_ray(serve: bool = False) -> Any:
+    """The ``ray`` module (``ray.serve`` imported too with ``serve``), or a one-line error naming the extra.
+
+    Ray's own import-time deprecation warnings (pydantic v1-style fields) are not the user's to act
+    on, so they are not shown.
+    """
+    import warnings
+
     try:
-        import ray
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import ray
+
+            if serve:
+                import ray.serve
     except ImportError:
-        raise MedmmConfigError("--ray", "Ray is not installed: pip install 'medmm[ray]'") from None
+        extra = "'medmm[ray]'" if not serve else "'medmm[ray]' (it includes ray[serve])"
+        raise MedmmConfigError("--ray", f"Ray is not installed: pip install {extra}") from None
     return ray
 
 

@@ -106,13 +106,12 @@ def build_app(config: ServeConfig, settings: ReplicaSettings) -> Any:
 
 def deploy(config: ServeConfig, settings: ReplicaSettings) -> str:
     """Connect to (or start) Ray, start Serve's HTTP proxy on ``config``'s host/port, deploy; returns the URL."""
-    from ray import serve
-
     from medmm.scale import import_ray
     from medmm.scale.ray_batch import LOCAL_OBJECT_STORE_BYTES
 
     check_ray_config(config, settings)
-    ray = import_ray()
+    ray = import_ray(serve=True)
+    serve = ray.serve
     if not ray.is_initialized():
         local = {"object_store_memory": LOCAL_OBJECT_STORE_BYTES} if settings.address is None else {}
         ray.init(address=settings.address, include_dashboard=False, logging_level=logging.WARNING, **local)
@@ -130,12 +129,12 @@ def deploy(config: ServeConfig, settings: ReplicaSettings) -> str:
 
 def run_ray_server(config: ServeConfig, settings: ReplicaSettings) -> None:
     """Deploy, then serve until Ctrl-C / SIGTERM; the deployment is deleted on the way out."""
-    from ray import serve
-
     from medmm.serve.server import configure_logging
 
     configure_logging("INFO")
     url = deploy(config, settings)
+    from ray import serve
+
     log.info("medmm serve on Ray: %s (%d-%d replicas)", url, settings.min_replicas, settings.max_replicas)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -91,8 +91,3 @@ def test_killed_worker_loses_no_scan(ray_local, tiny_run, cohort, tmp_path):
         assert victim not in pool.pids()  # the worker really died and Ray restarted it
     assert summary.failed == [] and sorted(summary.done) == sorted(j.name for j in jobs)
     assert sorted(p.parent.name for p in out.glob("*/result.json")) == sorted(j.name for j in jobs)
-
-
-def test_ray_needs_a_batch(tiny_run, cohort, capfd):
-    code, _, err = _cli(["infer", str(cohort.parent / "broken.nii.gz"), "--model", str(tiny_run), "--ray"], capfd)
-    assert code == 2 and "--ray runs a batch" in err and "Traceback" not in err
