@@ -32,9 +32,9 @@ from medmm.cli import path_value
               help="Diagnose even an input the plausibility gate refuses (not a chest CT); its reasons become warnings.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar / findings table.")
 @click.option("--ray", "use_ray", is_flag=True,
-              help="Batch on a Ray cluster (medmm[ray]): one model-holding worker per CPU/GPU share; see docs/scale.md.")
-@click.option("--address", default=None, help="With --ray: 'auto' joins a running cluster (default: start a local one).")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="With --ray: workers (default: as many as fit).")
+              help="Batch on a Ray cluster (medmm[ray]): one model-holding worker per CPU/GPU share (docs/scale.md).")
+@click.option("--address", default=None, help="With --ray: 'auto' joins a running cluster (default: a local one).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="With --ray: workers (default: all that fit).")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
               help="With --ray: GPUs per worker, fractions share one (default 1 when the cluster has GPUs, else 0).")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0), default=1.0, show_default=True,

@@ -33,7 +33,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--min-replicas", type=click.IntRange(min=1), default=1, show_default=True, help="With --ray.")
 @click.option("--max-replicas", type=click.IntRange(min=1), default=1, show_default=True, help="With --ray.")
 @click.option("--gpus-per-replica", type=click.FloatRange(min=0), default=0.0, show_default=True, help="With --ray.")
-@click.option("--address", default=None, help="With --ray: 'auto' joins a running cluster (default: start a local one).")
+@click.option("--address", default=None, help="With --ray: 'auto' joins a running cluster (default: a local one).")
 @click.pass_context
 def serve(ctx: click.Context, model, config, host, port, state_dir, tokens_file, device, ssl_certfile, ssl_keyfile,
           dicom_port, ae_title, allow_ae, send_to, log_level, use_ray, min_replicas, max_replicas, gpus_per_replica,

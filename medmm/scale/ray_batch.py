@@ -128,7 +128,7 @@ class RayBatch:
         if not ray.is_initialized():
             local = {"object_store_memory": LOCAL_OBJECT_STORE_BYTES} if s.address is None else {}
             ray.init(address=s.address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, **local)
+                     logging_level=logging.ERROR, **local)
             self._started_ray = True
         resources = ray.cluster_resources()
         gpus = s.gpus_per_worker if s.gpus_per_worker is not None else (1.0 if resources.get("GPU", 0) else 0.0)

@@ -114,7 +114,7 @@ def deploy(config: ServeConfig, settings: ReplicaSettings) -> str:
     serve = ray.serve
     if not ray.is_initialized():
         local = {"object_store_memory": LOCAL_OBJECT_STORE_BYTES} if settings.address is None else {}
-        ray.init(address=settings.address, include_dashboard=False, logging_level=logging.WARNING, **local)
+        ray.init(address=settings.address, include_dashboard=False, logging_level=logging.ERROR, **local)
     config = config.model_copy(update={"state_dir": Path(config.state_dir).resolve()})  # replicas run elsewhere
     if config.model is not None:
         config = config.model_copy(update={"model": Path(config.model).resolve()})

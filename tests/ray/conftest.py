@@ -63,14 +63,15 @@ def cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ray_cohort")
     manifest = synthesize(root / "synth", 8, seed=7, size=32, fmt="nifti")
     with manifest.open(newline="") as f:
-        rows = [{"case_id": r["case_id"], "image": str((manifest.parent / r["image"]).resolve()),
-                 "indication": r["indication"]} for r in csv.DictReader(f)]
+        rows = [{"case_id": r["case_id"], "patient_id": r["patient_id"],
+                 "image": str((manifest.parent / r["image"]).resolve()), "indication": r["indication"]}
+                for r in csv.DictReader(f)]
     broken = root / "broken.nii.gz"
     broken.write_bytes(b"not a nifti")
-    rows.append({"case_id": "broken_case", "image": str(broken), "indication": ""})
+    rows.append({"case_id": "broken_case", "patient_id": "broken", "image": str(broken), "indication": ""})
     out = root / "cohort.csv"
     with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["case_id", "image", "indication"])
+        writer = csv.DictWriter(f, fieldnames=["case_id", "patient_id", "image", "indication"])
         writer.writeheader()
         writer.writerows(rows)
     return out
