@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medmm.errors import MedmmConfigError, MedmmError
+from medmm.errors import MedmmConfigError, MedmmError, MedmmInputError
 from medmm.inference.batch import BatchSummary, ScanJob, is_finished
 
 # A locally started instance only moves paths and short strings between processes; Ray's default
@@ -67,7 +67,11 @@ class RaySettings:
 
 
 class _CaseWorker:
-    """A Ray actor: loads the model once, then diagnoses scans with the batch mode's step."""
+    """A Ray actor: loads the model once, then diagnoses scans with the batch mode's step.
+
+    A model that does not load comes back as data (:func:`_error_data`), not as an exception:
+    medmm's errors do not survive Ray's exception pickling with their one-line message.
+    """
 
     def __init__(self, run_dir: str, load_options: dict[str, Any]):
         self.run_dir, self.load_options, self.predictor = run_dir, load_options, None
@@ -79,8 +83,12 @@ class _CaseWorker:
             self.predictor = load_model(self.run_dir, **self.load_options)
         return self.predictor
 
-    def model_id(self) -> str:
-        return self._model().model_id
+    def model_id(self) -> tuple[str | None, tuple[str, str | None, str] | None]:
+        """(model id, None), or (None, the load error as data)."""
+        try:
+            return self._model().model_id, None
+        except MedmmError as err:
+            return None, _error_data(err)
 
     def pid(self) -> int:
         return os.getpid()
@@ -88,7 +96,23 @@ class _CaseWorker:
     def diagnose(self, job: ScanJob, out_dir: str, writer_options: dict[str, Any], force: bool) -> str | None:
         from medmm.inference.batch import diagnose_job
 
-        return diagnose_job(self._model(), job, out_dir, writer_options, force)
+        try:
+            predictor = self._model()
+        except MedmmError as err:  # e.g. the run directory vanished before a restarted worker reloaded it
+            return f"the model did not load on this worker: {getattr(err, 'reason', err)}"
+        return diagnose_job(predictor, job, out_dir, writer_options, force)
+
+
+def _error_data(err: MedmmError) -> tuple[str, str | None, str]:
+    """(kind, where, one-line reason) of a medmm error, to cross a process boundary."""
+    if isinstance(err, MedmmConfigError):
+        return "config", err.where, err.reason
+    return "input", getattr(err, "path", None), str(getattr(err, "reason", err))
+
+
+def _error_from_data(data: tuple[str, str | None, str]) -> MedmmError:
+    kind, where, reason = data
+    return (MedmmConfigError if kind == "config" else MedmmInputError)(where, reason)
 
 
 class RayBatch:
@@ -140,8 +164,10 @@ class RayBatch:
                                    f"{s.cpus_per_worker:g} CPU and {gpus:g} GPU")
         workers = min(s.workers or fit, fit)
         if s.workers and s.workers > fit:
-            logging.getLogger("medmm").warning("only %d of %d workers fit the cluster (%s)", fit, s.workers,
-                                               _describe(resources))
+            import warnings
+
+            warnings.warn(f"only {fit} of {s.workers} workers fit the Ray cluster ({_describe(resources)})",
+                          stacklevel=2)
         options = dict(self.load_options)
         if gpus > 0 and options["device"] is None:
             options["device"] = "cuda"
@@ -150,7 +176,16 @@ class RayBatch:
         actor_class = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=gpus, max_restarts=-1,
                                  max_task_retries=s.max_task_retries)(_CaseWorker)
         self.actors = [actor_class.remote(self.run_dir, options) for _ in range(workers)]
-        ids = {self._get(a.model_id.remote()) for a in self.actors}
+        try:
+            answers = ray.get([a.model_id.remote() for a in self.actors])
+        except ray.exceptions.RayTaskError as err:  # a bug, not a MedmmError: still one line naming the run
+            cause = getattr(err, "cause", None) or err
+            raise MedmmInputError(self.run_dir, f"the model did not load on a Ray worker: {type(cause).__name__}: "
+                                  f"{' '.join(str(cause).split())[:200]}") from None
+        for _, error in answers:
+            if error is not None:
+                raise _error_from_data(error)
+        ids = {model_id for model_id, _ in answers}
         if len(ids) != 1:  # the same run dir seen differently by two nodes: not a shared filesystem
             raise MedmmConfigError(self.run_dir, f"workers loaded different models ({', '.join(sorted(ids))}); "
                                    "put the run directory on storage every node sees")
@@ -166,7 +201,7 @@ class RayBatch:
 
     def pids(self) -> list[int]:
         """Process ids of the workers (current incarnations)."""
-        return [self._get(a.pid.remote()) for a in self.actors]
+        return self.ray.get([a.pid.remote() for a in self.actors])
 
     # ---------------------------------------------------------------------- work
     def run(self, jobs: list[ScanJob], out_root: str | Path, writer_options: dict[str, Any] | None = None,
@@ -197,26 +232,17 @@ class RayBatch:
         return summary
 
     def _reason(self, ref: Any) -> str | None:
-        """The scan's failure reason (None: done); a worker lost beyond its retries is a reason too."""
-        from ray.exceptions import RayActorError
-
-        try:
-            return self._get(ref)
-        except RayActorError:
-            return (f"the worker died {self.settings.max_task_retries + 1} times on this scan "
-                    "(out of memory, or the process was killed)")
-
-    def _get(self, ref: Any) -> Any:
-        """``ray.get``, with a worker's MedmmError re-raised as itself (one line, not a remote traceback)."""
-        from ray.exceptions import RayTaskError
+        """The scan's failure reason (None: done); a lost worker or a worker-side bug is a reason too."""
+        from ray.exceptions import RayActorError, RayTaskError
 
         try:
             return self.ray.get(ref)
+        except RayActorError:
+            return (f"the worker died {self.settings.max_task_retries + 1} times on this scan "
+                    "(out of memory, or the process was killed)")
         except RayTaskError as err:
-            cause = getattr(err, "cause", None)
-            if isinstance(cause, MedmmError):
-                raise cause from None
-            raise
+            cause = getattr(err, "cause", None) or err
+            return f"{type(cause).__name__}: {' '.join(str(cause).split())[:200]}"
 
 
 def _describe(resources: dict[str, float]) -> str:

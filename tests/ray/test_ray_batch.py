@@ -91,3 +91,13 @@ def test_killed_worker_loses_no_scan(ray_local, tiny_run, cohort, tmp_path):
         assert victim not in pool.pids()  # the worker really died and Ray restarted it
     assert summary.failed == [] and sorted(summary.done) == sorted(j.name for j in jobs)
     assert sorted(p.parent.name for p in out.glob("*/result.json")) == sorted(j.name for j in jobs)
+
+
+def test_model_that_does_not_load_is_one_line(ray_local, cohort, tmp_path, capfd):
+    run = tmp_path / "not_a_run"
+    run.mkdir()
+    (run / "medmm.json").write_text("{}")
+    code, out, err = _cli(["infer", str(cohort), "--model", str(run), "--out", str(tmp_path / "o"), "--ray",
+                           "--workers", "1", "-q"], capfd)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err + out, err
