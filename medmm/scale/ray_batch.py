@@ -214,8 +214,10 @@ class RayBatch:
         summary = BatchSummary()
         pending: deque[ScanJob] = deque()
         for job in jobs:
-            (summary.skipped.append(job.name) if is_finished(out_root / job.name, self.model_id)
-             else pending.append(job))
+            if is_finished(out_root / job.name, self.model_id):
+                summary.skipped.append(job.name)
+            else:
+                pending.append(job)
         options = dict(writer_options or {})
         idle, inflight = list(self.actors), {}
         with tqdm(total=len(pending), desc="medmm infer (ray)", unit="scan", disable=not progress) as bar:
