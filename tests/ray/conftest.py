@@ -57,11 +57,11 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory) -> Path:
-    """A manifest of 8 synthetic 32^3 NIfTI scans (a different seed from training) plus one broken file."""
+    """A manifest of 6 synthetic 32^3 NIfTI scans (a different seed from training) plus one broken file."""
     from medmm.data import synthesize
 
     root = tmp_path_factory.mktemp("ray_cohort")
-    manifest = synthesize(root / "synth", 8, seed=7, size=32, fmt="nifti")
+    manifest = synthesize(root / "synth", 6, seed=7, size=32, fmt="nifti")
     with manifest.open(newline="") as f:
         rows = [{"case_id": r["case_id"], "patient_id": r["patient_id"],
                  "image": str((manifest.parent / r["image"]).resolve()), "indication": r["indication"]}
