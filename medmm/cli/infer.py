@@ -61,7 +61,7 @@ def infer(
     cpus_per_worker: float,
 ) -> None:
     """Diagnose PATH (DICOM file/folder/zip, NIfTI, a folder of scans, or a CSV/JSONL manifest)."""
-    from medmm.errors import MedmmInputError
+    from medmm.errors import MedmmConfigError, MedmmInputError
     from medmm.inference import load_model
     from medmm.inference.batch import discover_jobs, is_batch_input, run_batch
     from medmm.inference.default_model import output_source, resolve_model
@@ -77,6 +77,11 @@ def infer(
         raise MedmmInputError(path, "--series applies to a single scan, not to a batch")
     if use_ray and not batch:
         raise MedmmInputError(path, "--ray runs a batch: give a folder of scans or a CSV/JSONL manifest")
+    ray_only = {"--address": address, "--workers": workers, "--gpus-per-worker": gpus_per_worker,
+                "--cpus-per-worker": None if cpus_per_worker == 1.0 else cpus_per_worker}
+    given = [flag for flag, value in ray_only.items() if value is not None]
+    if given and not use_ray:
+        raise MedmmConfigError(given[0], "applies only with --ray")
     echo_err = lambda m: click.echo(one_line(m), err=True)  # noqa: E731
     run_dir, origin = resolve_model(run_dir)
     if origin:

@@ -61,3 +61,11 @@ def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(MedmmConfigError, match=r"pip install 'medmm\[ray\]'"):
         import_ray()
+
+
+def test_ray_options_need_ray(fake_run, tmp_path, capfd):
+    folder = tmp_path / "cohort"
+    (folder / "case").mkdir(parents=True)
+    code, err = _cli(["infer", str(folder), "--model", str(fake_run), "--workers", "2"], capfd)
+    assert code == 2
+    _one_error_line(err, "--workers: applies only with --ray")
