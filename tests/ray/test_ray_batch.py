@@ -101,3 +101,20 @@ def test_model_that_does_not_load_is_one_line(ray_local, cohort, tmp_path, capfd
                            "--workers", "1", "-q"], capfd)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err + out, err
+
+
+def test_scan_that_keeps_killing_its_worker_is_listed_and_the_batch_goes_on(ray_local, tiny_run, cohort, tmp_path):
+    import crash_helpers
+    from ray import cloudpickle
+
+    from medmm.inference.batch import ScanJob, discover_jobs
+    from medmm.scale import RayBatch, RaySettings
+
+    cloudpickle.register_pickle_by_value(crash_helpers)  # workers cannot import the tests folder
+    good = [j for j in discover_jobs(cohort) if j.name != "broken_case"][:2]
+    jobs = [ScanJob("killer", crash_helpers.WorkerKillingPath()), *good]
+    with RayBatch(tiny_run, RaySettings(workers=1, max_task_retries=1), device="cpu") as pool:
+        summary = pool.run(jobs, tmp_path / "out", {"html": False}, progress=False, echo=lambda m: None)
+    assert summary.failed == [("killer", "the worker died 2 times on this scan (out of memory, or the process "
+                                         "was killed)")]
+    assert sorted(summary.done) == sorted(j.name for j in good)  # the restarted worker went on
