@@ -4,6 +4,6 @@ Training across machines stays ``torchrun`` (see docs/scale.md); the Ray Serve d
 ``medmm serve`` lives in :mod:`medmm.serve.ray_serve`.
 """
 
-from medmm.scale.ray_batch import RayBatch, RaySettings, import_ray, run_batch_ray
+from medmm.scale.ray_batch import RayBatch, RaySettings, connect, import_ray, run_batch_ray
 
-__all__ = ["RayBatch", "RaySettings", "import_ray", "run_batch_ray"]
+__all__ = ["RayBatch", "RaySettings", "connect", "import_ray", "run_batch_ray"]

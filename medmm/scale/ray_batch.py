@@ -49,12 +49,32 @@ def import_ray(serve: bool = False) -> Any:
     return ray
 
 
+def connect(address: str | None, log_to_driver: bool = False) -> bool:
+    """Join the Ray cluster at ``address`` (``"auto"``, ``HOST:PORT``, ``ray://HOST:PORT``) or, with
+    None, start a new local instance; True when this call started Ray (the caller shuts it down).
+
+    Raises:
+        MedmmConfigError: no cluster answers at ``address``.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    where = {"address": address} if address is not None else \
+        {"address": "local", "object_store_memory": LOCAL_OBJECT_STORE_BYTES}
+    try:
+        ray.init(include_dashboard=False, log_to_driver=log_to_driver, logging_level=logging.ERROR, **where)
+    except ConnectionError as err:
+        raise MedmmConfigError("--address", f"no Ray cluster at {address!r} ({' '.join(str(err).split())[:160]}); "
+                               "start one with `ray start --head`, or omit --address for a local one") from None
+    return True
+
+
 @dataclass
 class RaySettings:
     """Where the cluster is and how each worker is sized.
 
-    ``address``: None starts a local Ray instance; ``"auto"`` joins the running cluster (``ray
-    start --head`` on this machine or ``RAY_ADDRESS``); ``ray://host:10001`` a remote one.
+    ``address``: None starts a new local Ray instance; ``"auto"`` joins the running cluster (``ray
+    start`` on this machine, or ``RAY_ADDRESS``); ``ray://host:10001`` a remote one.
     ``workers``: None = as many as the cluster's CPUs/GPUs fit. ``gpus_per_worker``: None = 1
     when the cluster has GPUs, else 0 (fractions share a GPU between workers).
     """
@@ -149,11 +169,7 @@ class RayBatch:
             MedmmConfigError: the cluster cannot host one worker of the requested size.
         """
         ray, s = self.ray, self.settings
-        if not ray.is_initialized():
-            local = {"object_store_memory": LOCAL_OBJECT_STORE_BYTES} if s.address is None else {}
-            ray.init(address=s.address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, **local)
-            self._started_ray = True
+        self._started_ray = connect(s.address)
         resources = ray.cluster_resources()
         gpus = s.gpus_per_worker if s.gpus_per_worker is not None else (1.0 if resources.get("GPU", 0) else 0.0)
         fit = int(resources.get("CPU", 0) // s.cpus_per_worker) if s.cpus_per_worker > 0 else 1 << 30

@@ -107,14 +107,11 @@ def build_app(config: ServeConfig, settings: ReplicaSettings) -> Any:
 def deploy(config: ServeConfig, settings: ReplicaSettings) -> str:
     """Connect to (or start) Ray, start Serve's HTTP proxy on ``config``'s host/port, deploy; returns the URL."""
     from medmm.scale import import_ray
-    from medmm.scale.ray_batch import LOCAL_OBJECT_STORE_BYTES
+    from medmm.scale.ray_batch import connect
 
     check_ray_config(config, settings)
-    ray = import_ray(serve=True)
-    serve = ray.serve
-    if not ray.is_initialized():
-        local = {"object_store_memory": LOCAL_OBJECT_STORE_BYTES} if settings.address is None else {}
-        ray.init(address=settings.address, include_dashboard=False, logging_level=logging.ERROR, **local)
+    serve = import_ray(serve=True).serve
+    connect(settings.address, log_to_driver=True)  # replicas' log lines are the server's log
     config = config.model_copy(update={"state_dir": Path(config.state_dir).resolve()})  # replicas run elsewhere
     if config.model is not None:
         config = config.model_copy(update={"model": Path(config.model).resolve()})

@@ -69,3 +69,14 @@ def test_ray_options_need_ray(fake_run, tmp_path, capfd):
     code, err = _cli(["infer", str(folder), "--model", str(fake_run), "--workers", "2"], capfd)
     assert code == 2
     _one_error_line(err, "--workers: applies only with --ray")
+
+
+def test_no_cluster_at_address_is_one_line(tmp_path, capfd, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no `ray start` cluster recorded here
+    from medmm.errors import MedmmConfigError
+    from medmm.scale import connect
+
+    with pytest.raises(MedmmConfigError, match="no Ray cluster at 'auto'"):
+        connect("auto")
