@@ -1,0 +1,70 @@
+"""A tiny training run from pretrained encoder weights: the load report lands in the run dir, the
+weights file is not needed afterwards, and strict refusal stops training before it starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from medmm.errors import MedmmConfigError
+from medmm.training import train
+
+from training_helpers import tiny_workflow
+
+ENCODER = {"name": "segresnet_ds", "widths": [4], "depth": [1, 1], "embed_dim": 16, "token_grid": 1}
+
+
+def _ct_fm_like_weights(path, extra: dict | None = None):
+    """A CT-FM-layout file (MONAI SegResEncoder keys, safetensors) from a randomly initialised encoder."""
+    from monai.networks.nets.segresnet_ds import SegResEncoder
+
+    torch.manual_seed(0)
+    state = SegResEncoder(spatial_dims=3, init_filters=4, in_channels=1, blocks_down=(1, 1)).state_dict()
+    save_file({k: v.contiguous() for k, v in {**state, **(extra or {})}.items()}, path)
+    return state
+
+
+@pytest.mark.slow
+def test_run_dir_holds_the_load_report_and_needs_no_weights_file(tiny_manifest, tmp_path):
+    from medmm.inference import load_model
+    from medmm.models import load_checkpoint
+
+    weights = tmp_path / "weights" / "ct_fm.safetensors"
+    weights.parent.mkdir()
+    source = _ct_fm_like_weights(weights)
+    encoder = {**ENCODER, "pretrained": {"path": str(weights)}}
+    run = train(tiny_workflow(tiny_manifest, **{"network.image_encoder": encoder}), run_dir=tmp_path / "run",
+                verbose=False)
+    report = json.loads((run.run_dir / "encoder_weights.json").read_text())
+    assert report["file"] == "ct_fm.safetensors" and report["key_prefix"] == ""
+    assert len(report["matched"]) == len(source) and not (report["missing"] or report["unexpected"])
+    trained = run.meta.model_history[0]
+    assert trained.action == "trained"
+    record = trained.details["pretrained_image_encoder"]
+    assert record["report"] == "encoder_weights.json" and record["matched"] == len(source)
+    assert record["sha256"] == report["sha256"]
+    # the weights were used: the initial conv of the trained model started from the file
+    model, _ = load_checkpoint(run.run_dir, "best")
+    init = source["conv_init.weight"]
+    drift = (model.image_encoder.backbone.conv_init.weight - init).abs().max()
+    assert drift < 0.1 * init.abs().max()
+    # inference never reads the pretrained file: the trained encoder is in the checkpoint
+    weights.unlink()
+    weights.parent.rmdir()
+    predictor = load_model(run.run_dir)
+    probs = predictor.predict_tensor(torch.zeros(1, 1, 16, 16, 16), [None]).probs
+    assert probs.shape == (1, 3) and torch.isfinite(probs).all()
+
+
+def test_strict_mismatch_stops_training_before_it_starts(tiny_manifest, tmp_path):
+    weights = tmp_path / "wrong.safetensors"
+    _ct_fm_like_weights(weights, extra={"projection.weight": torch.zeros(4)})
+    encoder = {**ENCODER, "pretrained": {"path": str(weights), "strict": True}}
+    with pytest.raises(MedmmConfigError, match="1 unexpected") as err:
+        train(tiny_workflow(tiny_manifest, **{"network.image_encoder": encoder}), run_dir=tmp_path / "run",
+              verbose=False)
+    assert "wrong.safetensors" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "best.safetensors").exists()
