@@ -73,6 +73,8 @@ class ImageEncoderConfig(Strict):
     stem_stride: int = Field(2, ge=1, le=4)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     pretrained: PretrainedWeights | None = None
+    norm: Literal["batch", "instance"] | None = Field(
+        None, description="segresnet_ds only: its normalisation (None = MONAI's batch; VISTA3D's encoder uses instance)")
 
     @field_validator("token_grid", mode="before")
     @classmethod
@@ -113,6 +115,8 @@ class ImageEncoderConfig(Strict):
                 raise ValueError(f"swin_vit feature_size (widths[0]) must be a multiple of 12, got {self.widths[0]}")
             if self.depth is not None and len(self.depth) != 4:
                 raise ValueError(f"swin_vit needs 4 depth entries (blocks per stage), got {self.depth}")
+        if self.norm is not None and self.name != "segresnet_ds":
+            raise ValueError(f"norm applies to segresnet_ds only, not {self.name}")
         if self.name == "segresnet" and self.widths is not None and self.widths[0] % 8:
             raise ValueError(f"segresnet init_filters (widths[0]) must be a multiple of 8 (GroupNorm of 8), "
                              f"got {self.widths[0]}")

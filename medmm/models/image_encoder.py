@@ -147,7 +147,8 @@ def _segresnet_ds(cfg: ImageEncoderConfig) -> tuple[nn.Module, Callable[[torch.T
 
     filters = cfg.widths[0] if cfg.widths else SEGRESNET_FILTERS
     blocks = tuple(cfg.depth or SEGRESNET_BLOCKS)
-    net = SegResEncoder(spatial_dims=3, init_filters=filters, in_channels=cfg.in_channels, blocks_down=blocks)
+    net = SegResEncoder(spatial_dims=3, init_filters=filters, in_channels=cfg.in_channels, blocks_down=blocks,
+                        norm=cfg.norm or "batch")
 
     def segresnet_ds_features(x: torch.Tensor) -> torch.Tensor:
         return net(x)[-1]

@@ -183,6 +183,10 @@ def test_config_checks_and_json_report(tmp_path):
         ImageEncoderConfig(name="swin_vit", depth=[1, 1])
     with pytest.raises(ValidationError, match="multiple of 8"):
         ImageEncoderConfig(name="segresnet", widths=[12])
+    with pytest.raises(ValidationError, match="segresnet_ds only"):
+        ImageEncoderConfig(name="densenet121", norm="instance")
+    with pytest.raises(ValidationError, match="unknown key|Extra inputs"):
+        ImageEncoderConfig(name="swin_vit", pretrained={"path": "x.pt", "prefix": "module."})
     enc = ImageEncoder(ImageEncoderConfig(**SWIN))
     with pytest.raises(MedmmConfigError, match="divisible by 32"):
         enc.feature_map(torch.zeros(1, 1, 32, 32, 16))
@@ -193,3 +197,20 @@ def test_config_checks_and_json_report(tmp_path):
     data = json.loads(write_report(report, tmp_path / "run").read_text())
     assert data["file"] == "model_swinvit.pt" and str(tmp_path) not in json.dumps(data)
     assert len(data["sha256"]) == 64 and data["summary"].startswith("pretrained image encoder (swin_vit)")
+
+
+def test_vista3d_image_encoder_layout_with_instance_norm(tmp_path):
+    """VISTA3D's image encoder is a SegResNetDS2 (instance norm) whose encoder is a SegResEncoder."""
+    from monai.networks.nets.segresnet_ds import SegResNetDS2
+
+    torch.manual_seed(0)
+    net = SegResNetDS2(in_channels=1, blocks_down=(1, 1, 2), norm="instance", out_channels=4, init_filters=4,
+                       dsdepth=1).eval()
+    save_file({"image_encoder." + k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "vista.safetensors")
+    enc, report = _load({**SEGRESNET_DS, "norm": "instance"}, tmp_path / "vista.safetensors")
+    assert report.key_prefix == "image_encoder.encoder." and not report.mismatches
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(enc.eval().feature_map(x), net.encoder(x)[-1])
+    with pytest.raises(MedmmConfigError, match="running_mean"):  # the batch-norm default misses its statistics
+        _load(SEGRESNET_DS, tmp_path / "vista.safetensors")
