@@ -10,7 +10,7 @@ itself**: of the 100 thresholds ``numpy.linspace(0, 1, 100)``, the one whose ope
 ``sqrt((1 - TPR)^2 + FPR^2)``, the largest such threshold on a tie; F1 is scikit-learn's
 ``f1_score(average="weighted")`` (F1 of the positive and of the negative class weighted by their
 support), precision is the positive class's ``precision_score``, accuracy is ``accuracy_score``.
-Later CT-RATE papers comparing with CT-CLIP (e.g. fVLM) reuse this function.
+Later public CT-RATE code copies this function "following CT-CLIP's evaluation protocol".
 
 Thresholds picked on the evaluated scans flatter F1/accuracy/precision; this module reproduces the
 protocol so numbers sit next to the literature, and the evaluation keeps its honest metrics at the
