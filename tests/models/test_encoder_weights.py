@@ -153,20 +153,32 @@ def test_mismatches_are_reported_and_strict_refuses_them(tmp_path):
     assert not torch.equal(enc.backbone.layers[2]["blocks"][0].conv1.weight, torch.zeros(16, 16, 3, 3, 3))
 
 
-def test_unusable_files_are_one_line_config_errors(tmp_path):
-    import argparse
+class _TouchOnLoad:
+    """Unpickling this would create a file: a stand-in for a checkpoint that runs code."""
 
-    torch.save({"obj": argparse.Namespace(a=1)}, tmp_path / "pickle.pt")  # a pickle weights_only refuses
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.path),))
+
+
+def test_unusable_files_are_one_line_config_errors(tmp_path):
+    sentinel = tmp_path / "code_ran"
+    torch.save({"conv.weight": torch.zeros(1), "obj": _TouchOnLoad(sentinel)}, tmp_path / "pickle.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     torch.save({"epoch": 3, "config": {"lr": 1.0}}, tmp_path / "no_tensors.pt")
     save_file({"something.else": torch.zeros(2)}, tmp_path / "unrelated.safetensors")
     (tmp_path / "empty_dir").mkdir()
-    cases = {"pickle.pt": "weights_only", "garbage.pt": "cannot read", "no_tensors.pt": "no state dict",
+    cases = {"pickle.pt": "Weights only load failed", "garbage.pt": "cannot read", "no_tensors.pt": "no state dict",
              "unrelated.safetensors": "no key fits", "empty_dir": "folder without weights", "absent.pt": "no such file"}
     for name, message in cases.items():
         with pytest.raises(MedmmConfigError) as err:
             _load(SEGRESNET_DS, tmp_path / name)
         assert message in str(err.value) and name in str(err.value) and "\n" not in str(err.value), name
+    assert not sentinel.exists()  # the pickle was refused, never executed
 
 
 def test_read_state_dict_unwraps_nested_checkpoints(tmp_path):
