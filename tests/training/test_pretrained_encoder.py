@@ -68,3 +68,26 @@ def test_strict_mismatch_stops_training_before_it_starts(tiny_manifest, tmp_path
               verbose=False)
     assert "wrong.safetensors" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_swin_vit_from_ssl_layout_trains_and_predicts(tiny_manifest, tmp_path):
+    """SwinUNETR's Swin-ViT from a `model_swinvit.pt`-layout file through a whole (tiny) run at 32³."""
+    from monai.networks.nets.swin_unetr import SwinTransformer
+
+    from medmm.inference import load_model
+
+    torch.manual_seed(0)
+    net = SwinTransformer(1, 12, (7, 7, 7), (2, 2, 2), (1, 1, 1, 1), (3, 6, 12, 24))
+    state = {"module." + k.replace(".mlp.linear", ".mlp.fc"): v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "model_swinvit.pt")
+    encoder = {"name": "swin_vit", "widths": [12], "depth": [1, 1, 1, 1], "embed_dim": 16, "token_grid": 1,
+               "pretrained": {"path": str(tmp_path / "model_swinvit.pt")}}
+    wf = tiny_workflow(tiny_manifest, **{"network.image_encoder": encoder, "preprocessing.roi_size": [32, 32, 32]})
+    run = train(wf, run_dir=tmp_path / "run", verbose=False)
+    report = json.loads((run.run_dir / "encoder_weights.json").read_text())
+    assert report["key_prefix"] == "module." and len(report["matched"]) == len(state)
+    assert any(k.endswith("mlp.linear1.weight") for k in report["matched"])
+    # logits with a fixed fusion text (the tiny 40-position LM's report continuation is not under test)
+    logits = load_model(run.run_dir).forward_tensor(torch.zeros(1, 1, 32, 32, 32), texts=["Findings: none."])
+    assert logits.shape == (1, 3) and torch.isfinite(logits).all()
