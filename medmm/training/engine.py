@@ -195,6 +195,10 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.model.cache_fixed_inputs(True)  # the same un-augmented images recur every epoch
 
+    #: False for trainers started from given weights (`medmm.deploy.finetuning`): the pretrained
+    #: file named in a run's workflow is then neither read nor needed.
+    loads_pretrained_encoder = True
+
     def _init_image_encoder(self) -> None:
         """Load ``network.image_encoder.pretrained`` (a fresh run only: a resumed one has its own
         weights) and write the load report to the run dir (`medmm.models.encoder_weights`)."""
@@ -202,7 +206,7 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
 
         enc = self.cfg.network.image_encoder
         self.encoder_weights = encoder_weights.read_record(self.run_dir) if self.resume else None
-        if enc.pretrained is None or self.resume:
+        if enc.pretrained is None or self.resume or not self.loads_pretrained_encoder:
             return
         report = encoder_weights.load_encoder_weights(self.model.image_encoder.backbone, enc.pretrained, enc.name)
         self.encoder_weights = report.record()

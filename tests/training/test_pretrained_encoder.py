@@ -57,6 +57,11 @@ def test_run_dir_holds_the_load_report_and_needs_no_weights_file(tiny_manifest, 
     predictor = load_model(run.run_dir)
     probs = predictor.predict_tensor(torch.zeros(1, 1, 16, 16, 16), [None]).probs
     assert probs.shape == (1, 3) and torch.isfinite(probs).all()
+    # nor does fine-tuning the run (medmm compress --finetune-epochs): it starts from the run's weights
+    from medmm.deploy.compress import compress_run
+
+    tuned = compress_run(run.run_dir, tmp_path / "tuned", finetune_epochs=1, verbose=False)
+    assert (tuned / "medmm.json").is_file() and not (tuned / "encoder_weights.json").exists()
 
 
 def test_strict_mismatch_stops_training_before_it_starts(tiny_manifest, tmp_path):
