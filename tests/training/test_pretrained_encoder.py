@@ -96,3 +96,18 @@ def test_swin_vit_from_ssl_layout_trains_and_predicts(tiny_manifest, tmp_path):
     # logits with a fixed fusion text (the tiny 40-position LM's report continuation is not under test)
     logits = load_model(run.run_dir).forward_tensor(torch.zeros(1, 1, 32, 32, 32), texts=["Findings: none."])
     assert logits.shape == (1, 3) and torch.isfinite(logits).all()
+
+
+def test_cli_missing_weights_file_is_exit_2_with_one_line(tiny_manifest, tmp_path, capsys):
+    import yaml
+
+    from medmm.cli import main
+
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump(tiny_workflow(tiny_manifest, **{"network.image_encoder": ENCODER})))
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(wf), "--run-dir", str(tmp_path / "run"), "--quiet", "--device", "cpu",
+              "--set", f"network.image_encoder.pretrained.path={tmp_path / 'nope.pt'}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert info.value.code == 2 and len(err) == 1
+    assert err[0].startswith("error: ") and "nope.pt" in err[0] and "no such file" in err[0]
