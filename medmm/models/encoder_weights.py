@@ -218,6 +218,7 @@ def load_encoder_weights(backbone: nn.Module, spec: PretrainedWeights, encoder: 
     merged = backbone.state_dict()
     merged.update(load)
     backbone.load_state_dict(merged, strict=True)
+    log.info(report.summary())
     return report
 
 
