@@ -118,8 +118,9 @@ def ctrate_table(result: dict[str, Any]) -> str:
         return f"{v:>8.3f}" if np.isfinite(v) else f"{'–':>8}"
 
     cols = ("auroc", "threshold", "f1_weighted", "accuracy", "precision", "recall")
-    lines = ["CT-RATE protocol (thresholds chosen on these scans, as CT-CLIP does):",
-             f"{'finding':<36}" + "".join(f"{c[:8]:>9}" for c in cols)]
+    heads = ("AUROC", "thresh", "F1(w)", "acc", "prec", "recall")
+    lines = ["CT-RATE protocol (thresholds chosen on these scans, as CT-CLIP does; F1 weighted over both classes):",
+             f"{'finding':<36}" + "".join(f"{h:>9}" for h in heads)]
     lines += [f"{r['finding'][:35]:<36}" + "".join(f" {f(r[c])}" for c in cols) for r in result["per_finding"]]
     m = result["macro"]
     lines.append(f"{'macro (' + str(m['n_findings']) + ' findings)':<36} {f(m['auroc'])} {'':>8} "
