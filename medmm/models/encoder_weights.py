@@ -56,7 +56,11 @@ _RESNET_LAYOUT: dict[str, Any] = {"renames": (), "skip": ("fc.",)}
 
 @dataclass
 class LoadReport:
-    """What a weights file gave the encoder (written to ``encoder_weights.json`` in the run dir)."""
+    """What a weights file gave the encoder (written to ``encoder_weights.json`` in the run dir).
+
+    ``matched`` / ``missing`` / ``shape_mismatched`` name encoder keys (after mapping);
+    ``unexpected`` / ``skipped`` name the file's own keys (what to look for in the file).
+    """
 
     file: str  # the file's name only: the run dir never depends on where the weights were
     sha256: str
