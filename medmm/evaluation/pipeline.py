@@ -249,7 +249,7 @@ def evaluate(
     if protocol == "ctrate":  # issue 19: the CT-RATE papers' metrics, next to medmm's own
         from medmm.evaluation.ctrate import PROTOCOL as CTRATE_PROTOCOL, ctrate_metrics
 
-        metrics["ctrate"] = ctrate_metrics(y, pred["consistent"], labels)
+        metrics["ctrate"] = ctrate_metrics(y, pred["consistent"], labels, n_bootstrap=n_bootstrap, seed=seed)
         metrics["protocol"]["ctrate"] = CTRATE_PROTOCOL
     if out is not None:
         from medmm.evaluation.outputs import write_evaluation

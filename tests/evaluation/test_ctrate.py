@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, roc_auc_score
 
-from medmm.evaluation.ctrate import THRESHOLD_GRID, corner_threshold, ctrate_metrics, ctrate_table, finding_metrics
+from medmm.evaluation.ctrate import (
+    THRESHOLD_GRID,
+    corner_threshold,
+    ctrate_metrics,
+    ctrate_table,
+    finding_metrics,
+    resampled_threshold_metrics,
+)
+from medmm.evaluation.metrics import _resample_counts
 from medmm.labels import CT_RATE_FINDINGS
 
 
@@ -95,3 +103,35 @@ def test_all_18_findings_make_a_comparable_result():
     out = ctrate_metrics(y, rng.random((30, 18)), list(CT_RATE_FINDINGS))
     assert out["comparable"] and out["macro"]["n_findings"] == 18
     assert len(THRESHOLD_GRID) == 100 and THRESHOLD_GRID[0] == 0 and THRESHOLD_GRID[-1] == 1
+
+
+def test_resampled_metrics_equal_sklearn_on_each_resample():
+    rng = np.random.default_rng(3)
+    y = (rng.random(25) < 0.3).astype(int)
+    y[:3] = [0, 1, -1]
+    p = rng.random(25)
+    counts = _resample_counts(25, 40, seed=5)
+    out = resampled_threshold_metrics(y, p, 0.42, counts)
+    for b in range(40):
+        idx = np.repeat(np.arange(25), counts[b].astype(int))
+        idx = idx[y[idx] != -1]
+        yy, pred = y[idx], (p[idx] > 0.42).astype(int)
+        assert out["f1_weighted"][b] == pytest.approx(f1_score(yy, pred, average="weighted", zero_division=0))
+        assert out["accuracy"][b] == pytest.approx(accuracy_score(yy, pred))
+        assert out["precision"][b] == pytest.approx(precision_score(yy, pred, zero_division=0))
+        if yy.sum():
+            assert out["recall"][b] == pytest.approx(pred[yy == 1].mean())
+        else:
+            assert np.isnan(out["recall"][b])
+
+
+def test_macro_confidence_intervals_bracket_the_point_estimate():
+    rng = np.random.default_rng(2)
+    y = (rng.random((80, 18)) < 0.3).astype(int)
+    y[0], y[1] = 0, 1
+    p = np.clip(rng.random((80, 18)) * 0.7 + 0.3 * y, 0, 1)
+    out = ctrate_metrics(y, p, list(CT_RATE_FINDINGS), n_bootstrap=300, seed=0)["macro"]
+    for key in ("f1_weighted", "accuracy", "precision", "recall"):
+        lo, hi = out[f"{key}_ci"]
+        assert lo < out[key] < hi and hi - lo < 0.2, key
+    assert "f1_weighted_ci" not in ctrate_metrics(y, p, list(CT_RATE_FINDINGS), n_bootstrap=0)["macro"]
