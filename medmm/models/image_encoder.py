@@ -104,7 +104,8 @@ def build_backbone(cfg: ImageEncoderConfig) -> tuple[nn.Module, Callable[[torch.
 
 #: SwinUNETR's Swin-ViT defaults (the self-supervised CT weights: feature_size 48, depths 2,2,2,2).
 SWIN_FEATURE_SIZE, SWIN_DEPTHS, SWIN_HEADS, SWIN_WINDOW, SWIN_PATCH = 48, (2, 2, 2, 2), (3, 6, 12, 24), 7, 2
-#: MONAI SegResNet defaults of the whole-body CT bundle (init_filters 32, blocks_down 1,2,2,4).
+#: SegResNet / SegResEncoder defaults: MONAI's blocks_down and SegResEncoder's init_filters (a bundle's
+#: own values are in its configs/*.json network_def; the load report shows any difference).
 SEGRESNET_FILTERS, SEGRESNET_BLOCKS = 32, (1, 2, 2, 4)
 
 
