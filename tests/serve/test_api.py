@@ -158,8 +158,9 @@ def test_metrics_and_docs(client, server, finished_job):
                  "medmm_inflight_jobs", "medmm_model_info", "medmm_jobs_total", "medmm_ready 1.0"):
         assert name in text, name
     assert 'stage="model"' in text and 'endpoint="/v1/jobs/{job_id}"' in text
-    assert client.get("/docs").status_code == 200
-    spec = client.get("/openapi.json").json()
+    assert client.get("/docs").status_code == 401 and client.get("/openapi.json").status_code == 401
+    assert client.get("/docs", headers=server.headers()).status_code == 200
+    spec = client.get("/openapi.json", headers=server.headers()).json()
     assert {"/v1/jobs", "/v1/predict", "/v1/jobs/{job_id}", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
 
 

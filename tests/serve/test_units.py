@@ -298,3 +298,20 @@ def test_jobs_refused_with_503_when_the_model_failed_to_load(tmp_path):
             time.sleep(0.05)
         r = running.post("/v1/jobs", content=b"x", headers=auth)
         assert r.status_code == 503 and r.json()["error"].startswith("model not loaded: ")
+
+
+def test_queue_full_is_429_with_retry_after(tmp_path):
+    """No worker runs (lifespan not started), so accepted jobs stay queued until the queue is full."""
+    import nibabel as nib
+
+    from medmm.serve.tokens import TokenStore
+
+    client, _ = _app(tmp_path, **{"limits.max_queue": 2, "limits.rate_burst": 10_000})
+    auth = {"Authorization": f"Bearer {TokenStore(tmp_path / 'tokens.json').add('both', ['jobs', 'predict'])}"}
+    body = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)).to_bytes()
+    assert [client.post("/v1/jobs", content=body, headers=auth).status_code for _ in range(2)] == [202, 202]
+    for path in ("/v1/jobs", "/v1/predict"):
+        r = client.post(path, content=body, headers=auth)
+        assert r.status_code == 429 and "queue" in r.json()["error"], r.text
+        assert int(r.headers["Retry-After"]) >= 1
+    assert len(list((tmp_path / "state" / "spool").iterdir())) == 2  # refused uploads left nothing behind
