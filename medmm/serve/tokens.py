@@ -74,8 +74,12 @@ class TokenStore:
         doc = {"format": _FORMAT, "tokens": [
             {"name": t.name, "sha256": t.sha256, "scopes": list(t.scopes), "allow_phi": t.allow_phi,
              "created": t.created} for t in tokens]}
+        try:  # owner-only when new; a mode an admin widened (e.g. for a container's user) is kept
+            mode = self.path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            mode = 0o600  # hashes only, but nobody else needs to read them by default
         atomic_write_bytes(self.path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
-        os.chmod(self.path, 0o600)  # hashes only, but nobody else needs to read them
+        os.chmod(self.path, mode)
 
     def add(self, name: str, scopes: list[str] | tuple[str, ...] = SCOPES, allow_phi: bool = False) -> str:
         """Create a token called ``name``; returns the token (the only time it exists in clear).

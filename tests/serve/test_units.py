@@ -52,6 +52,21 @@ def test_token_names_and_scopes_validated(tmp_path):
         TokenStore(tmp_path / "bad.json").load()
 
 
+def test_token_file_mode_widened_by_an_admin_is_kept(tmp_path):
+    """A deployment may make the hash file readable for a container's user; add/revoke must not undo it."""
+    import os
+
+    from medmm.serve.tokens import TokenStore
+
+    store = TokenStore(tmp_path / "t.json")
+    store.add("a")
+    assert (store.path.stat().st_mode & 0o777) == 0o600
+    os.chmod(store.path, 0o644)
+    store.add("b")
+    store.revoke("a")
+    assert (store.path.stat().st_mode & 0o777) == 0o644 and [t.name for t in store.load()] == ["b"]
+
+
 def test_verify_checks_every_hash(tmp_path, monkeypatch):
     """Constant time in the number of matches: compare_digest runs against all stored hashes."""
     import hmac
