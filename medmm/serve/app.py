@@ -259,6 +259,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("configuration error: %s", err)  # e.g. the tokens file was broken while running
         return JSONResponse({"error": "server configuration error (see the server log)"}, status_code=500)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:
+        # a bug: Starlette still logs the traceback; the client gets the same JSON shape as any error
+        return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}

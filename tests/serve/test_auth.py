@@ -116,3 +116,19 @@ def test_revocation_seen_even_within_one_file_timestamp_tick(tmp_path):
     os.utime(path, ns=(path.stat().st_atime_ns, cached_mtime))
     assert server_view.verify(token) is None, "revoked token still accepted"
     assert server_view.verify(keep).name == "keep"
+
+
+def test_a_bug_in_a_route_is_a_json_500(tmp_path, monkeypatch):
+    """Unexpected exceptions answer the same ``{"error": ...}`` shape (no HTML, no exception text)."""
+    from fastapi.testclient import TestClient
+
+    client, tokens, _ = _app(tmp_path)
+
+    def broken():
+        raise RuntimeError("SENTINEL-EXCEPTION-DETAIL")
+
+    monkeypatch.setattr("medmm.serve.store.JobStore.new_id", staticmethod(broken))
+    r = TestClient(client.app, raise_server_exceptions=False).post("/v1/jobs", content=b"x",
+                                                                   headers=_auth(tokens["all"]))
+    assert r.status_code == 500 and r.json() == {"error": "internal error (see the server log)"}
+    assert "SENTINEL" not in r.text
