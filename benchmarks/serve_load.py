@@ -6,9 +6,11 @@ back-pressure: it is counted apart, the client waits Retry-After (capped at 2 s)
 Reported per C: jobs finished per second, job latency (submit → done) p50/p95/p99, 429s, other
 errors (must be 0), whether every accepted job finished, and the machine's load average during
 the phase (the numbers are only meaningful next to it on a shared machine).
-Server memory: a sampler reads the server's RSS (psutil) with the running count of HTTP requests;
-the growth from the end of the warm-up to the first sample after ``--rss-requests`` (500) requests
-must stay below 5 % (also reported: at the end, and the peak).
+Server memory (psutil RSS) of the idle server — after the warm-up, then after each phase, when every
+accepted job has finished — with the running count of HTTP requests: the growth from the warm-up to
+the first such point at least ``--rss-requests`` (500) requests later must stay below 5 % (also
+reported: at the end, and the peak sampled every 0.25 s while jobs ran). Idle to idle, because a
+job in flight holds a few hundred MB of transient tensors that say nothing about a leak.
 
 Usage::
 
@@ -197,17 +199,34 @@ def run_phase(url: str, headers: dict, bodies: list[bytes], clients: int, durati
             "load_avg_1m_mean": round(sum(loads) / max(1, len(loads)), 2), "load_avg_1m_max": round(max(loads), 2)}
 
 
-def rss_report(samples: list[tuple[int, int, float]], rss_start: int, start_requests: int, window: int) -> dict:
-    """RSS growth after ``window`` requests past the warm-up, at the end, and the peak."""
-    after = next(((req, rss) for req, rss, _ in samples if req - start_requests >= window), None)
-    end_req, end_rss, _ = samples[-1]
+def rss_report(idle: list[tuple[int, int]], samples: list[tuple[int, int, float]], rss_start: int,
+               start_requests: int, window: int) -> dict:
+    """RSS growth of the idle server (no job in flight: between phases) from the end of the warm-up
+    to the first idle point ``window`` requests later, and to the end; the peak while jobs ran."""
+    after = next(((req, rss) for req, rss in idle if req - start_requests >= window), None)
+    end_req, end_rss = idle[-1]
     return {"rss_start_mib": round(rss_start / 2**20, 1),
             "requests_at_check": after[0] - start_requests if after else None,
             "rss_at_check_mib": round(after[1] / 2**20, 1) if after else None,
             "rss_growth_percent": round((after[1] - rss_start) / rss_start * 100, 2) if after else None,
             "requests_total": end_req - start_requests, "rss_end_mib": round(end_rss / 2**20, 1),
             "rss_growth_end_percent": round((end_rss - rss_start) / rss_start * 100, 2),
-            "rss_peak_mib": round(max(rss for _, rss, _ in samples) / 2**20, 1)}
+            "rss_peak_mib": round(max([rss for _, rss, _ in samples] + [end_rss]) / 2**20, 1)}
+
+
+def server_view(url: str, headers: dict) -> dict:
+    """From the server's own /metrics: mean seconds per job stage, and the drift PSI/alert it exports."""
+    import re
+
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", headers=headers, timeout=30).text
+    sums = dict(re.findall(r'^medmm_job_stage_seconds_sum\{stage="(\w+)"\} (\S+)$', text, re.M))
+    counts = dict(re.findall(r'^medmm_job_stage_seconds_count\{stage="(\w+)"\} (\S+)$', text, re.M))
+    stages = {k: round(float(sums[k]) / float(counts[k]), 3) for k in sums if float(counts.get(k, 0)) > 0}
+    psi = {k: round(float(v), 4) for k, v in re.findall(r'^medmm_drift_psi\{feature="([^"]+)"\} (\S+)$', text, re.M)}
+    alert = re.search(r"^medmm_drift_alert (\S+)$", text, re.M)
+    return {"mean_stage_s": stages, "drift_psi": psi, "drift_alert": float(alert.group(1)) if alert else None}
 
 
 def main() -> None:
@@ -261,6 +280,7 @@ def main() -> None:
             raise SystemExit("server not ready after 300 s")
         load = Load()
         run_phase(url, headers, bodies, 2, 10, args.poll, load)  # warm-up: allocator, caches, first-call costs
+        time.sleep(1.0)  # as at every idle point below
         rss_start, start_requests = psutil.Process(server.pid).memory_info().rss, load.requests
         sampler = Sampler(server.pid, load)
         sampler.start()
@@ -269,32 +289,46 @@ def main() -> None:
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (shared machine: numbers are contended)\n")
         print(f"{'C':>3} {'jobs/s':>7} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} {'done':>5} {'429':>5} {'errors':>6} "
               f"{'all done':>8} {'requests':>8} {'load1':>11}")
-        results = []
+        results, idle = [], []
+        server_proc = psutil.Process(server.pid)
+
+        def idle_point() -> None:  # every accepted job has finished when a phase returns
+            time.sleep(1.0)
+            idle.append((load.requests, server_proc.memory_info().rss))
+
         for clients in args.clients:
             res = run_phase(url, headers, bodies, clients, args.duration, args.poll, load, sampler)
             results.append(res)
+            idle_point()
             print(f"{clients:>3} {res['throughput_jobs_per_s']:>7.3f} {res['p50_s']:>7.2f} {res['p95_s']:>7.2f} "
                   f"{res['p99_s']:>7.2f} {res['jobs_done']:>5} {res['rejected_429']:>5} {res['other_errors']:>6} "
                   f"{str(res['all_accepted_done']):>8} {res['http_requests']:>8} "
                   f"{res['load_avg_1m_mean']:>5.2f}/{res['load_avg_1m_max']:<5.2f}", flush=True)
             for example in res["error_examples"]:
                 print(f"    error: {example}")
-        while load.requests - start_requests < args.rss_requests:  # top up with cheap requests if needed
-            httpx.get(f"{url}/readyz", headers=headers, timeout=10)
-            load.count()
-        time.sleep(0.5)
+        if load.requests - start_requests < args.rss_requests:  # top up with cheap requests if needed
+            while load.requests - start_requests < args.rss_requests:
+                httpx.get(f"{url}/readyz", headers=headers, timeout=10)
+                load.count()
+            idle_point()
         sampler.stopped.set()
         sampler.join()
-        rss = rss_report(sampler.samples, rss_start, start_requests, args.rss_requests)
-        print(f"\nserver RSS after warm-up {rss['rss_start_mib']} MiB; after {rss['requests_at_check']} requests "
-              f"{rss['rss_at_check_mib']} MiB ({rss['rss_growth_percent']:+.2f} %); at the end "
+        rss = rss_report(idle, sampler.samples, rss_start, start_requests, args.rss_requests)
+        print(f"\nserver RSS (idle) after warm-up {rss['rss_start_mib']} MiB; after {rss['requests_at_check']} "
+              f"requests {rss['rss_at_check_mib']} MiB ({rss['rss_growth_percent']:+.2f} %); at the end "
               f"({rss['requests_total']} requests) {rss['rss_end_mib']} MiB ({rss['rss_growth_end_percent']:+.2f} %); "
-              f"peak {rss['rss_peak_mib']} MiB")
+              f"peak while diagnosing {rss['rss_peak_mib']} MiB")
+        view = server_view(url, headers)
+        print(f"mean seconds per job stage (server metrics, warm-up included): {view['mean_stage_s']}")
+        if view["drift_psi"]:
+            print(f"drift: input_hu PSI {view['drift_psi'].get('input_hu')}, max finding PSI "
+                  f"{max(v for k, v in view['drift_psi'].items() if k != 'input_hu'):.4f}, "
+                  f"medmm_drift_alert {view['drift_alert']}")
         ok = (all(r["other_errors"] == 0 and r["all_accepted_done"] for r in results)
               and rss["rss_growth_percent"] is not None and rss["rss_growth_percent"] < 5)
         report = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "model": str(model),
                   "scan_size": size, "cpu_count": os.cpu_count(), "max_concurrent": args.max_concurrent,
-                  "max_queue": args.max_queue, "poll_s": args.poll, "results": results, **rss, "ok": ok}
+                  "max_queue": args.max_queue, "poll_s": args.poll, "results": results, **rss, **view, "ok": ok}
         print(json.dumps(report))
         if args.json:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
