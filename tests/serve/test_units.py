@@ -237,6 +237,32 @@ def test_store_recover_and_purge(tmp_path):
     assert store.get(ids[1]) is None and not store.job_dir(ids[1]).exists()
 
 
+def test_uncommitted_uploads_purged_and_orphaned_dicom_series_requeued(tmp_path):
+    """After a crash: an upload without a row (never got its 202) is deleted; a DICOM series moved
+    into a job folder whose row was never committed goes back to incoming (it was acknowledged)."""
+    from medmm.serve.config import load_serve_config
+    from medmm.serve.dicom_node import DicomNode
+    from medmm.serve.service import Service
+
+    cfg = load_serve_config(None, {"state_dir": tmp_path / "state", "dicom.port": 11112, "dicom.allow_ae": ["PACS"]})
+    service = Service(cfg)
+    store = service.store
+    committed, upload, series = store.new_id(), store.new_id(), store.new_id()
+    (store.job_dir(committed)).mkdir(parents=True)
+    (store.job_dir(committed) / "input.nii").write_bytes(b"x")
+    store.add(committed, "http", "nifti", "input.nii")
+    store.job_dir(upload).mkdir()
+    (store.job_dir(upload) / "upload.part").write_bytes(b"half")
+    (store.job_dir(series) / "input").mkdir(parents=True)
+    (store.job_dir(series) / "input" / "a.dcm").write_bytes(b"dicom")
+    assert store.purge_uncommitted() == [upload]
+    assert store.job_dir(committed).is_dir() and store.job_dir(series).is_dir()
+    node = DicomNode(service)  # adopts the orphan: no network until start()
+    assert (node.incoming / series / "a.dcm").read_bytes() == b"dicom" and not store.job_dir(series).exists()
+    assert series in node._last_seen
+    store.close()
+
+
 # ---------------------------------------------------------------- app without a model loaded
 def _app(tmp_path, **overrides):
     from fastapi.testclient import TestClient
