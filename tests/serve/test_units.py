@@ -120,6 +120,31 @@ def test_quantile_bins_merge_values_piled_at_the_window_edge():
     assert psi(expected, bin_shares(hu_sample(scan, (-1000, 400)), edges)) < 0.01
 
 
+def test_float_scans_of_the_training_population_do_not_read_as_drift():
+    """Training data is whole HU (int16) and its reference quantiles went through the float32
+    intensity round trip; float scans of the same population (a resampled NIfTI) must not alert."""
+    from medmm.data.synth.generator import render_case
+    from medmm.serve.drift import bin_shares, hu_sample, psi, quantile_bins
+
+    window = (-1000.0, 3000.0)
+    scans = [render_case(910_000 + i, size=32)[0] for i in range(4)]
+    stored = [np.rint(hu).astype(np.int16) for hu in scans]
+    # as training does: intensity = (clip(HU) - lo) / (hi - lo) in float32, mapped back to HU in float64
+    intensity = [((np.clip(s, *window) - window[0]) / (window[1] - window[0])).astype(np.float32) for s in stored]
+    ref_hu = np.concatenate([window[0] + i.ravel()[::7].astype(np.float64) * (window[1] - window[0])
+                             for i in intensity])
+    edges, expected = quantile_bins({f"{q:g}": float(np.quantile(ref_hu, q))
+                                     for q in (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)}, window[1])
+    for served in (stored, scans):  # int16 as stored, and the float volumes
+        sample = np.concatenate([hu_sample(s, window) for s in served])
+        assert psi(expected, bin_shares(sample, edges, expected)) < 0.05
+    # a real shift still shows: the same scans 150 HU denser, and with a thinner layer of air
+    denser = np.concatenate([hu_sample(s + 150.0, window) for s in scans])
+    assert psi(expected, bin_shares(denser, edges, expected)) > 0.25
+    less_air = np.concatenate([hu_sample(np.where(s < -990, -900.0, s), window) for s in scans])
+    assert psi(expected, bin_shares(less_air, edges, expected)) > 0.25
+
+
 def test_drift_monitor_sets_alert_gauge():
     from medmm.serve.drift import DriftMonitor, hu_sample, reference_profile
     from medmm.serve.metrics import ServeMetrics
