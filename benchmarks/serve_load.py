@@ -16,6 +16,7 @@ Usage::
 
     python benchmarks/serve_load.py                       # demo model if demo_out/run exists, else a tiny one
     python benchmarks/serve_load.py --model demo_out/run --clients 1 4 16 --duration 60 --json load.json
+    MALLOC_ARENA_MAX=2 python benchmarks/serve_load.py ...   # the server inherits the environment
 
 The server runs with its defaults except: a high rate limit (the clients are one trusted user),
 ``max_concurrent`` = 1 and ``max_queue`` = 8 (options), so C = 16 meets the queue limit on purpose.
@@ -211,7 +212,8 @@ def rss_report(idle: list[tuple[int, int]], samples: list[tuple[int, int, float]
             "rss_growth_percent": round((after[1] - rss_start) / rss_start * 100, 2) if after else None,
             "requests_total": end_req - start_requests, "rss_end_mib": round(end_rss / 2**20, 1),
             "rss_growth_end_percent": round((end_rss - rss_start) / rss_start * 100, 2),
-            "rss_peak_mib": round(max([rss for _, rss, _ in samples] + [end_rss]) / 2**20, 1)}
+            "rss_peak_mib": round(max([rss for _, rss, _ in samples] + [end_rss]) / 2**20, 1),
+            "rss_idle_points": [[req - start_requests, round(rss / 2**20, 1)] for req, rss in idle]}
 
 
 def server_view(url: str, headers: dict) -> dict:
