@@ -96,6 +96,7 @@ class Load:
             self.latencies: list[float] = []
             self.accepted: list[str] = []
             self.rejected_429 = 0
+            self.retried_reads = 0
             self.errors: list[str] = []
 
     def count(self, n: int = 1) -> None:
@@ -139,6 +140,14 @@ def client_loop(url: str, headers: dict, bodies: list[bytes], first: int, stop_a
                 time.sleep(poll)
                 try:
                     s = client.get(f"/v1/jobs/{job}")
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # the server closed a keep-alive connection as this poll reused it (a race of
+                    # uvicorn's keep-alive timer on a starved machine): a status GET is idempotent,
+                    # so retry it on a new connection as any HTTP client would; counted apart
+                    with load.lock:
+                        load.retried_reads += 1
+                    failures += 1
+                    continue
                 except httpx.HTTPError as err:
                     load.error(f"GET {type(err).__name__}")
                     failures += 1
@@ -194,6 +203,7 @@ def run_phase(url: str, headers: dict, bodies: list[bytes], clients: int, durati
             "throughput_jobs_per_s": round(len(load.latencies) / elapsed, 3),
             "p50_s": round(percentile(load.latencies, 50), 3), "p95_s": round(percentile(load.latencies, 95), 3),
             "p99_s": round(percentile(load.latencies, 99), 3), "rejected_429": load.rejected_429,
+            "retried_status_reads": load.retried_reads,
             "other_errors": len(load.errors), "error_examples": sorted(set(load.errors))[:5],
             "accepted": len(load.accepted), "all_accepted_done": len(load.accepted) == len(load.latencies),
             "http_requests": load.requests - requests_before,
@@ -306,6 +316,9 @@ def main() -> None:
                   f"{res['p99_s']:>7.2f} {res['jobs_done']:>5} {res['rejected_429']:>5} {res['other_errors']:>6} "
                   f"{str(res['all_accepted_done']):>8} {res['http_requests']:>8} "
                   f"{res['load_avg_1m_mean']:>5.2f}/{res['load_avg_1m_max']:<5.2f}", flush=True)
+            if res["retried_status_reads"]:
+                print(f"    status polls retried after the server closed a keep-alive connection: "
+                      f"{res['retried_status_reads']}")
             for example in res["error_examples"]:
                 print(f"    error: {example}")
         if load.requests - start_requests < args.rss_requests:  # top up with cheap requests if needed
