@@ -185,12 +185,28 @@ class FusionConfig(Strict):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     use_text: bool = True
     n_heads: int = Field(4, ge=1, le=128)
+    # --- issue 20: knowledge-initialised label queries (medmm.models.query_head)
+    head: Literal["fusion", "knowledge_queries"] = Field(
+        "fusion", description="fusion: the head of `mode`; knowledge_queries: one query per output, initialised "
+        "from the text encoder's embedding of its ontology label, definition and synonyms, cross-attending the "
+        "image tokens (and the text embedding when use_text)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> FusionConfig:
-        if self.mode == "cross_attention" and self.hidden % self.n_heads:
+        if (self.mode == "cross_attention" or self.head == "knowledge_queries") and self.hidden % self.n_heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
         return self
+
+
+class HierarchyConfig(Strict):
+    """Ontology groups as extra outputs with the max-constraint module (C-HMCNN; issue 20).
+
+    Every ontology ancestor of a finding becomes an output; MCM makes each output the max of
+    itself and its descendants (training and inference) and training uses MCLoss
+    (`medmm.knowledge.hierarchy`).
+    """
+
+    group_weight: float = Field(1.0, ge=0, le=100, description="weight of the group outputs' loss terms")
 
 
 class ModelConfig(Strict):
@@ -201,6 +217,7 @@ class ModelConfig(Strict):
     report_generator: ReportGeneratorConfig = Field(default_factory=ReportGeneratorConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     radiomics: RadiomicsConfig | None = Field(None, description="optional HU-histogram branch (off = None)")
+    hierarchy: HierarchyConfig | None = Field(None, description="ontology group outputs + max-constraint (off = None)")
 
     @model_validator(mode="after")
     def _positions_fit(self) -> ModelConfig:
@@ -217,6 +234,9 @@ class ModelConfig(Strict):
         return self
 
 
+OutputIndex = Annotated[int, Field(ge=0, le=8192)]
+
+
 class NetworkDerived(Strict):
     """Values computed when a model is built, stored next to (never inside) its `ModelConfig`.
 
@@ -230,6 +250,11 @@ class NetworkDerived(Strict):
     context_centres: HUCentres | None = None
     context_context_centres: HUCentres | None = None
     vocab_ids: list[Annotated[int, Field(ge=0, le=10_000_000)]] | None = Field(None, min_length=1, max_length=1_000_000)
+    # issue 20: ontology outputs (medmm.knowledge.hierarchy) and label-query texts (medmm.models.query_head)
+    hierarchy_groups: list[Annotated[str, Field(max_length=500)]] | None = Field(None, max_length=4096)
+    hierarchy_edges: list[tuple[OutputIndex, OutputIndex]] | None = Field(None, max_length=1_000_000)
+    label_query_texts: list[Annotated[str, Field(max_length=20_000)]] | None = Field(None, max_length=8192)
+    label_query_dim: int | None = Field(None, ge=1, le=8192)
 
     @field_validator("histogram_centres", "context_centres", "context_context_centres")
     @classmethod

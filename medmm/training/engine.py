@@ -120,6 +120,15 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def _label_embeddings(cfg: WorkflowConfig, derived: Any) -> torch.Tensor | None:
+    """Initial knowledge queries of a fresh model (issue 20; None unless ``knowledge_queries``)."""
+    if derived.label_query_texts is None:
+        return None
+    from medmm.models.query_head import label_query_embeddings
+
+    return label_query_embeddings(derived.label_query_texts, cfg.network.text_encoder)
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -175,8 +184,9 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         self.ontology = load_ontology(cfg.ontology.path, labels=self.labels)
         self.constraints = self.ontology.constraints(self.labels).to(self.device)
         self._resolve_report_length(splits["train"])
-        self.derived = derive_network(cfg.network, cfg.preprocessing, [c.report or "" for c in splits["train"]])
-        self.model = MedMM(cfg.network, self.labels, self.derived).to(self.device)
+        self.derived = derive_network(cfg.network, cfg.preprocessing, [c.report or "" for c in splits["train"]],
+                                      ontology=self.ontology, labels=self.labels)
+        self.model = MedMM(cfg.network, self.labels, self.derived, _label_embeddings(cfg, self.derived)).to(self.device)
         distributed.broadcast_parameters(self.model, self.dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.reference = reference_profile(self.train_base, label_matrix(splits["val"], self.labels), self.labels,
