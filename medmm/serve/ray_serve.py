@@ -15,6 +15,7 @@ fixed port cannot be spread over replicas): run it with a plain ``medmm serve --
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -45,7 +46,8 @@ class ReplicaSettings:
 class SharedJobStore(JobStore):
     """The job table as replicas share it: a (re)starting replica must not take over jobs that
     another live replica is running, so only ``running`` rows older than ``stale_after_s`` (their
-    replica died) go back to the queue; queued rows are taken by whichever worker claims them first."""
+    replica died) go back to the queue, and only uploads idle that long are purged; queued rows
+    are taken by whichever worker claims them first."""
 
     def __init__(self, state_dir: str | Path, stale_after_s: float):
         super().__init__(state_dir)
@@ -56,6 +58,26 @@ class SharedJobStore(JobStore):
             self._db.execute("UPDATE jobs SET status='queued', started=NULL WHERE status='running' AND started < ?",
                              (time.time() - self.stale_after_s,))
         return self.ids_with_status("queued")
+
+    def purge_uncommitted(self) -> list[str]:
+        """As :meth:`JobStore.purge_uncommitted`, but only for uploads untouched for ``stale_after_s``:
+        a spool folder without a row may be an upload another live replica is receiving now."""
+        cutoff = time.time() - self.stale_after_s
+        purged = []
+        for folder in self.spool.iterdir():
+            if (folder.is_dir() and not (folder / "input").is_dir() and self.get(folder.name) is None
+                    and _last_change(folder) < cutoff):
+                shutil.rmtree(folder, ignore_errors=True)
+                purged.append(folder.name)
+        return purged
+
+
+def _last_change(folder: Path) -> float:
+    """Latest modification time of ``folder`` and the files directly in it (0 if it vanished)."""
+    try:
+        return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir())])
+    except OSError:
+        return 0.0
 
 
 class MedmmReplica:

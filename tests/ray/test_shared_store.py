@@ -21,3 +21,20 @@ def test_recover_requeues_only_stale_running_jobs(tmp_path):
     assert store.get("live").status == "running"  # another replica is running it right now
     assert sorted(queued) == ["dead", "waiting"]
     store.close()
+
+
+def test_start_keeps_an_upload_another_replica_is_receiving(tmp_path):
+    import os
+
+    store = SharedJobStore(tmp_path, stale_after_s=60)
+    receiving, abandoned = store.job_dir("receiving"), store.job_dir("abandoned")
+    for folder in (receiving, abandoned):
+        folder.mkdir(parents=True)
+        (folder / "upload.part").write_bytes(b"partial")
+    old = time.time() - 3600
+    for path in (abandoned / "upload.part", abandoned):
+        os.utime(path, (old, old))
+
+    assert store.purge_uncommitted() == ["abandoned"]
+    assert receiving.is_dir() and not abandoned.exists()
+    store.close()
