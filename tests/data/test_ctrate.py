@@ -79,3 +79,17 @@ def test_bad_labels_csv(ctrate, column, value, message):
             w.writerow(r)
     with pytest.raises(MedmmInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_ctrate(ctrate / "dataset", ctrate / "labels.csv", ctrate / "reports.csv")
+
+
+def test_workflow_source_carves_a_patient_level_val_split_from_train(ctrate):
+    from medmm.config import load_workflow
+    from medmm.data.dataset import load_cases, split_cases
+
+    cfg = load_workflow({"data": {"source": "ctrate", "val_fraction": 0.5, "ctrate": {
+        "volumes_dir": str(ctrate / "dataset"), "labels_csv": str(ctrate / "labels.csv"),
+        "reports_csv": str(ctrate / "reports.csv")}}, "preprocessing": {"roi_size": [8, 8, 8]}})
+    splits = split_cases(load_cases(cfg.data), cfg.data.val_fraction, 0.0, cfg.seed)
+    assert [c.case_id for c in splits["test"]] == ["valid_1_a_1"]  # CT-RATE's valid set is the test set
+    assert splits["train"] and splits["val"]
+    owners = {c.patient_id: name for name, cs in splits.items() for c in cs}
+    assert all(owners[c.patient_id] == name for name, cs in splits.items() for c in cs)
