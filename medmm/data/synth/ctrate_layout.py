@@ -50,9 +50,12 @@ def ctrate_names(n_train: int, n_valid: int = 0) -> list[str]:
     return [f"train_{k + 1}_a_1.nii.gz" for k in range(n_train)] + [f"valid_{k + 1}_a_1.nii.gz" for k in range(n_valid)]
 
 
-def write_ctrate_layout(folder: str | Path, names: Sequence[str], shape: tuple[int, int, int] = (512, 512, 300),
+def write_ctrate_layout(folder: str | Path, names: Sequence[str],
+                        shape: tuple[int, int, int] | Sequence[tuple[int, int, int]] = (512, 512, 300),
                         seed: int = 0, base: int = 128) -> dict[str, Path]:
     """Write phantoms named ``names`` plus labels and reports CSVs in CT-RATE's layout.
+
+    ``shape`` is one shape for every volume or one per name; volume k uses seed ``seed + k``.
 
     Returns:
         ``{"volumes_dir", "labels_csv", "reports_csv"}`` (the ``data.ctrate`` section of a workflow).
@@ -62,10 +65,13 @@ def write_ctrate_layout(folder: str | Path, names: Sequence[str], shape: tuple[i
 
     folder = Path(folder)
     volumes = folder / "dataset"
+    shapes = [tuple(shape)] * len(names) if isinstance(shape[0], int) else [tuple(s) for s in shape]
+    if len(shapes) != len(names):
+        raise ValueError(f"{len(shapes)} shapes for {len(names)} volumes")
     label_rows, report_rows = [], []
-    for k, name in enumerate(names):
+    for k, (name, volume_shape) in enumerate(zip(names, shapes)):
         parts = parse_volume_name(name)
-        hu, affine, labels, report, indication = render_full_size(seed + k, shape, base)
+        hu, affine, labels, report, indication = render_full_size(seed + k, volume_shape, base)
         write_nifti(hu, affine, volumes / parts["patient_id"] / parts["scan_id"] / name)
         label_rows.append([name, *[labels[f] for f in CT_RATE_FINDINGS]])
         findings, _, impression = report.partition("IMPRESSION:")
