@@ -86,6 +86,14 @@ class PreparedCache:
             return None
         return read_entry(path, self.key, self.roi_size)
 
+    def has(self, source: str | Path) -> bool:
+        """Whether a valid entry exists, checked from its header only (no voxels read: fast resume)."""
+        try:
+            path = self.entry(source)
+        except OSError:
+            return False
+        return path.is_file() and read_entry(path, self.key, self.roi_size, header_only=True) is not None
+
     def store(self, source: str | Path, image: torch.Tensor) -> Path:
         """Write ``image`` as the entry of ``source`` atomically; returns the entry path."""
         from safetensors.torch import save
@@ -109,8 +117,13 @@ class PreparedCache:
         return sum(1 for _ in self.folder.glob(f"*{SUFFIX}")) if self.folder.is_dir() else 0
 
 
-def read_entry(path: Path, key: str, roi_size: tuple[int, ...] | None) -> torch.Tensor | None:
-    """The image in an entry file, or None when it is unreadable or was made differently."""
+def read_entry(path: Path, key: str, roi_size: tuple[int, ...] | None,
+               header_only: bool = False) -> torch.Tensor | bool | None:
+    """The image in an entry file (``True`` if ``header_only``), or None when unreadable or made differently.
+
+    safetensors checks on open that the header's offsets match the file size, so a truncated file
+    is caught by the header check too.
+    """
     from safetensors import safe_open
 
     try:
@@ -118,9 +131,9 @@ def read_entry(path: Path, key: str, roi_size: tuple[int, ...] | None) -> torch.
             meta: dict[str, Any] = fh.metadata() or {}
             if meta.get("format") != CACHE_FORMAT or meta.get("preprocessing") != key:
                 return None
-            image = fh.get_tensor("image")
+            shape = tuple(fh.get_slice("image").get_shape())
+            if len(shape) != 4 or shape[0] != 1 or (roi_size is not None and shape[1:] != roi_size):
+                return None
+            return True if header_only else fh.get_tensor("image")
     except Exception:  # noqa: BLE001 - a damaged entry is a cache miss, recomputed and rewritten
         return None
-    if image.ndim != 4 or image.shape[0] != 1 or (roi_size is not None and tuple(image.shape[1:]) != roi_size):
-        return None
-    return image

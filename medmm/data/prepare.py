@@ -114,7 +114,7 @@ def _prepare_one(job: tuple[str, str]) -> CaseOutcome:
     cache: PreparedCache = _WORKER["cache"]
     start = time.perf_counter()
     try:
-        if cache.load(image) is not None:
+        if cache.has(image):
             return CaseOutcome(case_id, "cached")
         out = _WORKER["transform"]({"image": image})
         cache.store(image, out["image"])

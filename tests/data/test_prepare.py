@@ -111,7 +111,8 @@ def test_resume_after_a_killed_run(corpus, tmp_path):
     assert done.prepared == 3
     cache = PreparedCache(cfg.training.cache_dir, cfg.preprocessing)
     torn = cache.entry(cases[1].image)
-    torn.write_bytes(torn.read_bytes()[:100])  # a damaged entry (e.g. disk trouble) must be redone
+    torn.write_bytes(torn.read_bytes()[:-10])  # a damaged entry (e.g. disk trouble) must be redone
+    assert not cache.has(cases[1].image) and cache.has(cases[0].image)
     (cache.folder / f".{cache.entry(cases[3].image).name}.123.tmp").write_bytes(b"half")  # killed mid-write
     result = _prepare(workflow, "--workers", "2")
     assert result.exit_code == 0, result.output
