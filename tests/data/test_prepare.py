@@ -153,3 +153,29 @@ def test_cli_errors_are_one_line(corpus, tmp_path, capsys):
         main(["data", "prepare", str(workflow)])
     err = capsys.readouterr().err
     assert missing.value.code == 2 and "training.cache_dir" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume(corpus, tmp_path):
+    """A real kill -9 of the CLI mid-run: the rerun completes and redoes nothing already written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    workflow = _workflow(corpus, tmp_path / "cache")
+    cache = PreparedCache(tmp_path / "cache", load_workflow(workflow).preprocessing)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "medmm", "data", "prepare", str(workflow), "--quiet"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while cache.entries() < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = cache.entries()
+    assert 0 < before
+    result = _prepare(workflow)
+    assert result.exit_code == 0, result.output
+    assert f"{N_CASES - before} prepared, {before} already cached, 2 failed" in result.output
+    assert cache.entries() == N_CASES
