@@ -7,8 +7,11 @@ as NIfTI (.nii.gz, CT-RATE's format) and as DICOM series in a temporary folder, 
    (RAS, 1.5 mm, window, body crop, 224 × 224 × 160): wall and CPU seconds per case;
 2. ``prepare`` with ``--workers`` processes: cases/s (all cores of this machine);
 3. the cached training loader (`medmm.data.dataset.build_dataset` reading the prepared entries),
-   without and with ct_chest's random augmentation: volumes/s and CPU s per volume;
-4. the cores that keep one GPU busy = CPU seconds per volume / GPU seconds per volume. The GPU
+   without and with ct_chest's random augmentation: volumes/s and CPU s per volume; and the CPU
+   cost of each augmentation forced on, giving the expected CPU s per training volume
+   (read + 0.3 × affine + 0.2 × noise with ct_chest's probabilities), steadier than a short pass;
+4. the cores that keep one GPU busy = expected CPU seconds per training volume / GPU seconds per
+   volume. The GPU
    step is **assumed**, not measured (no GPU here): DenseNet121's forward FLOPs at 224 × 224 × 160
    are counted exactly (``torch.utils.flop_counter`` on the meta device), a training step is taken
    as 3 × forward, at ``--gpu-tflops`` sustained (default 50 TFLOP/s: an assumption, about 16 % of an
@@ -89,6 +92,34 @@ def loader_timed(cases, cfg, cache_dir: Path, epochs: int, augment: bool) -> dic
     return {"volumes": n, "volumes_per_s": n / wall, "cpu_s_per_volume": cpu / n}
 
 
+def augmentation_cpu_s(cases, cfg, cache_dir: Path, repeat: int = 3) -> dict[str, float]:
+    """CPU seconds per volume of each random augmentation forced on (probability 1).
+
+    The loader's augmentation cost is random (affine on 30 % of the volumes, noise on 20 %), so a
+    short empirical pass is noisy; its expectation is ``read + Σ probability × cost``.
+    """
+    from monai.transforms import Compose
+
+    from medmm.data.dataset import build_dataset
+    from medmm.data.transforms import augmentation_transforms
+
+    base = build_dataset(cases, cfg.data.labels, cfg.preprocessing, train=False, cache="disk", cache_dir=cache_dir)
+    images = [base[k] for k in range(len(base))]
+    aug = cfg.preprocessing.augmentation
+    costs = {}
+    for name, update in (("affine", {"affine_prob": 1.0, "noise_prob": 0.0, "flip_prob": 0.0}),
+                         ("noise", {"affine_prob": 0.0, "noise_prob": 1.0, "flip_prob": 0.0})):
+        forced = cfg.preprocessing.model_copy(update={"augmentation": aug.model_copy(update=update)})
+        pipeline = Compose(augmentation_transforms(forced))
+        pipeline.set_random_state(seed=0)
+        cpu0 = time.process_time()
+        for _ in range(repeat):
+            for item in images:
+                pipeline(dict(item))
+        costs[name] = (time.process_time() - cpu0) / (repeat * len(images))
+    return costs
+
+
 def densenet_forward_tflop(roi: tuple[int, int, int]) -> float:
     """Exact forward FLOPs (TFLOP) of the ct_chest DenseNet121 encoder on one ``roi`` volume."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -143,13 +174,19 @@ def main() -> None:
         cache = root / "cache-nifti-1"
         results["loader_cached"] = loader_timed(inputs["nifti"], cfg, cache, args.epochs, augment=False)
         results["loader_cached_augmented"] = loader_timed(inputs["nifti"], cfg, cache, args.epochs, augment=True)
+        costs = augmentation_cpu_s(inputs["nifti"], cfg, cache)
+        aug = cfg.preprocessing.augmentation
+        results["augmentation_cpu_s_forced"] = costs
+        results["expected_cpu_s_per_training_volume"] = (results["loader_cached"]["cpu_s_per_volume"]
+                                                         + aug.affine_prob * costs["affine"]
+                                                         + aug.noise_prob * costs["noise"])
     roi = tuple(cfg.preprocessing.roi_size)
     fwd = densenet_forward_tflop(roi)
     gpu_s = args.gpu_step_s if args.gpu_step_s is not None else 3 * fwd / args.gpu_tflops
     results["gpu"] = {"densenet121_forward_tflop": fwd, "gpu_s_per_volume": gpu_s,
                       "source": "measured (--gpu-step-s)" if args.gpu_step_s is not None
                       else f"assumed: 3 x forward FLOPs at {args.gpu_tflops:g} TFLOP/s sustained"}
-    cached = results["loader_cached_augmented"]["cpu_s_per_volume"]
+    cached = results["expected_cpu_s_per_training_volume"]
     results["cores_per_gpu"] = {
         "training_from_cache": cached / gpu_s,
         "preprocessing_on_the_fly_nifti": results["prepare_nifti"]["per_core_s_per_case_cpu"] / gpu_s,
