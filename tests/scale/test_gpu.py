@@ -53,16 +53,21 @@ def test_sliding_window_on_gpu_with_cpu_stitching(ctrate, gpu_run):
     image = preprocess_volume(load_volume(volume_path(ctrate["volumes_dir"], ctrate_names(2)[1])),
                               predictor.preprocessing)[None].as_tensor()
     assert any(s > r for s, r in zip(image.shape[2:], settings.roi_size))  # the volume needs several windows
-    with torch.no_grad():
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        stitched = compute_feature_map(model.feature_map, image, settings, sw_device="cuda", device="cpu")
-        torch.cuda.synchronize()
-        gpu_s = time.perf_counter() - start
-        model.to("cpu")
-        start = time.perf_counter()
-        reference = compute_feature_map(model.feature_map, image, settings, sw_device="cpu", device="cpu")
-        cpu_s = time.perf_counter() - start
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # full fp32 on the GPU, so the comparison with the CPU is tight
+    try:
+        with torch.no_grad():
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            stitched = compute_feature_map(model.feature_map, image, settings, sw_device="cuda", device="cpu")
+            torch.cuda.synchronize()
+            gpu_s = time.perf_counter() - start
+            model.to("cpu")
+            start = time.perf_counter()
+            reference = compute_feature_map(model.feature_map, image, settings, sw_device="cpu", device="cpu")
+            cpu_s = time.perf_counter() - start
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
     print(f"\n[gpu smoke] sliding window {tuple(image.shape[2:])}: GPU windows + CPU stitching {gpu_s:.2f} s, "
           f"all CPU {cpu_s:.2f} s")
     assert stitched.device.type == "cpu" and stitched.shape == reference.shape
