@@ -16,6 +16,11 @@ Entries are written atomically (temporary file + ``os.replace``), so a killed wr
 a half-written entry behind, and several processes (workers, machines on a shared disk, DDP ranks)
 may fill the same cache. The file holds no path or case id (no PHI), only the tensor and the
 preprocessing key it was made with, which is checked on read.
+
+MONAI's ``PersistentDataset`` (used here before) is not reused: it keys an entry on the whole
+item dict (labels and report text included, so relabelling re-preprocesses every volume), stores
+that dict with ``torch.save`` (labels frozen in the cache), ignores changes of the file behind a
+path and cannot tell a valid entry from its header, which a resumable, shardable ``prepare`` needs.
 """
 
 from __future__ import annotations
