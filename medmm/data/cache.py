@@ -18,9 +18,9 @@ may fill the same cache. The file holds no path or case id (no PHI), only the te
 preprocessing key it was made with, which is checked on read.
 
 MONAI's ``PersistentDataset`` (used here before) is not reused: it keys an entry on the whole
-item dict (labels and report text included, so relabelling re-preprocesses every volume), stores
-that dict with ``torch.save`` (labels frozen in the cache), ignores changes of the file behind a
-path and cannot tell a valid entry from its header, which a resumable, shardable ``prepare`` needs.
+item dict (labels and report text included, so relabelling a case re-preprocesses its volume and
+``prepare`` would need the labels), ignores changes of the file behind a path, and cannot tell a
+valid entry from its header, which a fast resume of a large cache needs.
 """
 
 from __future__ import annotations
