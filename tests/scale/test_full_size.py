@@ -10,7 +10,6 @@ stage prints its wall time (``pytest -s``).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from scale_helpers import SHAPES, WALL, WORKFLOW, overrides, timed_cli
@@ -20,17 +19,14 @@ from medmm.data.synth.ctrate_layout import ctrate_names
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(ctrate, prepared) -> Path:
-    run_dir = ctrate["root"] / "run"
-    timed_cli("train 1 step", ["train", str(WORKFLOW), *overrides(ctrate), "--device", "cpu", "--quiet",
-                            "--run-dir", str(run_dir)])
-    return run_dir
-
-
-def test_prepare_writes_one_roi_sized_entry_per_case(prepared):
+def test_ct_chest_full_size_path_on_cpu(ctrate, prepared):
+    """prepare -> one training step -> sliding-window inference (one test: the stages share state,
+    so ``pytest -n 2`` must not split them across workers)."""
     from safetensors import safe_open
 
+    from medmm.data.ctrate import volume_path
+
+    # medmm data prepare: one ROI-sized entry per case, no failure
     entries = sorted(prepared.glob("*/*.safetensors"))
     assert len(entries) == len(SHAPES)
     for entry in entries:
@@ -39,23 +35,22 @@ def test_prepare_writes_one_roi_sized_entry_per_case(prepared):
     summary = json.loads(next(prepared.glob("*/prepare-shard-1-of-1.json")).read_text())
     assert summary["prepared"] == len(SHAPES) and not summary["failures"]
 
-
-def test_one_training_step_of_ct_chest_reads_the_cache(trained, prepared):
-    metrics = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    # one training step of ct_chest.yaml, reading the prepared cache
+    run_dir = ctrate["root"] / "run"
+    timed_cli("train 1 step", ["train", str(WORKFLOW), *overrides(ctrate), "--device", "cpu", "--quiet",
+                               "--run-dir", str(run_dir)])
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["epoch"] == 1
-    assert any(trained.glob("**/*.safetensors"))  # checkpoints written
+    assert any(run_dir.glob("*.safetensors"))  # checkpoints written
     assert len(list(prepared.glob("*/*.safetensors"))) == len(SHAPES)  # training added no entry: it read them
-    workflow = (trained / "workflow.yaml").read_text()
+    workflow = (run_dir / "workflow.yaml").read_text()
     assert "densenet121" in workflow and "- 224" in workflow and "- 160" in workflow
 
-
-def test_infer_slides_a_window_over_the_full_volume(ctrate, trained):
-    from medmm.data.ctrate import volume_path
-
+    # medmm infer slides 224 x 224 x 160 windows over the whole 512 x 512 x 280 volume
     scan = volume_path(ctrate["volumes_dir"], ctrate_names(len(SHAPES))[1])
     out = ctrate["root"] / "infer"
-    timed_cli("infer (sliding window, CPU)", ["infer", str(scan), "--model", str(trained), "--device", "cpu",
-                                            "--out", str(out), "--quiet"])
+    timed_cli("infer (sliding window, CPU)", ["infer", str(scan), "--model", str(run_dir), "--device", "cpu",
+                                              "--out", str(out), "--quiet"])
     result = json.loads((out / "result.json").read_text())
     assert result["input"]["shape"] == list(SHAPES[1])
     assert result["inference"]["sliding_window"] and result["inference"]["roi_size"] == [224, 224, 160]

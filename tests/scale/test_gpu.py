@@ -27,20 +27,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-@pytest.fixture(scope="module")
-def gpu_run(ctrate, prepared):
-    run_dir = ctrate["root"] / "run-gpu"
-    timed_cli("GPU train 1 step (AMP)", ["train", str(WORKFLOW), *overrides(ctrate, **{"training.amp": True}),
-                                         "--device", "cuda", "--quiet", "--run-dir", str(run_dir)])
-    return run_dir
-
-
-def test_amp_training_step_on_cuda(gpu_run):
-    metrics = [json.loads(line) for line in (gpu_run / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 1 and all(v == v for v in metrics[0].values() if isinstance(v, float))  # no NaN
-
-
-def test_sliding_window_on_gpu_with_cpu_stitching(ctrate, gpu_run):
+def test_amp_step_then_sliding_window_on_gpu_with_cpu_stitching(ctrate, prepared):
+    """One test (the stages share the run), so ``pytest -n 2`` never trains twice."""
     from medmm.data.ctrate import volume_path
     from medmm.data.synth.ctrate_layout import ctrate_names
     from medmm.data.transforms import preprocess_volume
@@ -48,7 +36,13 @@ def test_sliding_window_on_gpu_with_cpu_stitching(ctrate, gpu_run):
     from medmm.inference.sliding import compute_feature_map
     from medmm.io import load_volume
 
-    predictor = load_model(gpu_run, device="cuda")
+    run_dir = ctrate["root"] / "run-gpu"
+    timed_cli("GPU train 1 step (AMP)", ["train", str(WORKFLOW), *overrides(ctrate, **{"training.amp": True}),
+                                         "--device", "cuda", "--quiet", "--run-dir", str(run_dir)])
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and all(v == v for v in metrics[0].values() if isinstance(v, float))  # no NaN
+
+    predictor = load_model(run_dir, device="cuda")
     model, settings = predictor.model.eval(), predictor.inferer
     image = preprocess_volume(load_volume(volume_path(ctrate["volumes_dir"], ctrate_names(2)[1])),
                               predictor.preprocessing)[None].as_tensor()
