@@ -96,13 +96,14 @@ def shard_cases(cases: Sequence[Any], shard: tuple[int, int]) -> list[Any]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(cfg_json: str, cache_root: str, threads: int) -> None:
-    """Build the pipeline once per process; one torch thread each so N workers use N cores."""
+def _init_worker(cfg_json: str, cache_root: str, threads: int | None = None) -> None:
+    """Build the pipeline once per process; pool workers get one torch thread so N workers use N cores."""
     import torch
 
     from medmm.data.dataset import PreparedImaged
 
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     cfg = PreprocessingConfig.model_validate_json(cfg_json)
     cache = PreparedCache(cache_root, cfg)
     _WORKER.update(cache=cache, transform=PreparedImaged(cfg, cache=None))
@@ -157,7 +158,7 @@ def prepare_cases(cases: Sequence[Any], cfg: PreprocessingConfig, cache_root: st
     jobs = [(str(c.case_id), str(c.image)) for c in mine]
     summary = PrepareSummary(str(cache.folder), shard, len(cases), len(mine), workers)
     start = time.perf_counter()
-    init = (cfg.model_dump_json(), str(cache_root), 1 if workers > 1 else 0)
+    init = (cfg.model_dump_json(), str(cache_root))
     for outcome in _run(jobs, workers, init):
         if outcome.status == "prepared":
             summary.prepared += 1
@@ -175,21 +176,18 @@ def prepare_cases(cases: Sequence[Any], cfg: PreprocessingConfig, cache_root: st
     return summary
 
 
-def _run(jobs: list[tuple[str, str]], workers: int, init: tuple[str, str, int]):
+def _run(jobs: list[tuple[str, str]], workers: int, init: tuple[str, str]):
     """Outcomes in completion order, from a process pool (or this process when ``workers`` is 1)."""
     if workers <= 1 or len(jobs) <= 1:
-        import torch
-
-        threads = torch.get_num_threads()
         try:
-            _init_worker(init[0], init[1], threads)
+            _init_worker(*init)  # this process keeps its own thread count
             yield from map(_prepare_one, jobs)
         finally:
             _WORKER.clear()
         return
     # fork keeps start-up cheap; each worker builds its own pipeline in the initializer.
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with context.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=init) as pool:
+    with context.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(*init, 1)) as pool:
         yield from pool.imap_unordered(_prepare_one, jobs, chunksize=1)
 
 
