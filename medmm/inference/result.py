@@ -76,6 +76,8 @@ class Result:
             serialised).
         warnings: why the input is doubtful (plausibility gate, ``inference/plausibility.py``);
             shown in every output format and on stderr.
+        groups: ontology group outputs of a model with ``network.hierarchy`` (``group``,
+            ``probability``, ``findings``); empty otherwise.
     """
 
     findings: list[dict[str, Any]]
@@ -91,6 +93,7 @@ class Result:
     image_affine: np.ndarray | None = field(default=None, repr=False)
     source_files: list[Any] = field(default_factory=list, repr=False)
     warnings: list[str] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)  # issue 20: ontology group outputs (hierarchy)
     _explainer: Callable[[str], Explanation] | None = field(default=None, repr=False)
 
     # ----------------------------------------------------------------- tables
@@ -153,6 +156,7 @@ class Result:
             "findings": [_jsonable(row) for row in self.findings],
             "consistency": _jsonable(self.consistency),
             "warnings": [str(w) for w in self.warnings],
+            **({"groups": [_jsonable(row) for row in self.groups]} if self.groups else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

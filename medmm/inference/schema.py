@@ -69,6 +69,18 @@ REPORT_CHECK_SCHEMA = {
     },
 }
 
+# One ontology group output (issue 20, medmm.knowledge.hierarchy): never below its findings.
+GROUP_SCHEMA = {
+    "type": "object",
+    "required": ["group", "probability", "findings"],
+    "additionalProperties": False,
+    "properties": {
+        "group": {"type": "string"},
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+        "findings": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
 RESULT_JSON_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "medmm result",
@@ -136,5 +148,7 @@ RESULT_JSON_SCHEMA = {
         },
         # why the input is doubtful (plausibility gate); absent in results of medmm < 0.x
         "warnings": {"type": "array", "items": {"type": "string"}},
+        # issue 20: ontology group outputs of a model with network.hierarchy (absent otherwise)
+        "groups": {"type": "array", "items": GROUP_SCHEMA},
     },
 }
