@@ -187,6 +187,7 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         self.derived = derive_network(cfg.network, cfg.preprocessing, [c.report or "" for c in splits["train"]],
                                       ontology=self.ontology, labels=self.labels)
         self.model = MedMM(cfg.network, self.labels, self.derived, _label_embeddings(cfg, self.derived)).to(self.device)
+        self._init_image_encoder()  # issue 19: pretrained encoder weights + load report
         distributed.broadcast_parameters(self.model, self.dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.reference = reference_profile(self.train_base, label_matrix(splits["val"], self.labels), self.labels,
@@ -203,6 +204,25 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.model.cache_fixed_inputs(True)  # the same un-augmented images recur every epoch
+
+    #: False for trainers started from given weights (`medmm.deploy.finetuning`): the pretrained
+    #: file named in a run's workflow is then neither read nor needed.
+    loads_pretrained_encoder = True
+
+    def _init_image_encoder(self) -> None:
+        """Load ``network.image_encoder.pretrained`` (a fresh run only: a resumed one has its own
+        weights) and write the load report to the run dir (`medmm.models.encoder_weights`)."""
+        from medmm.models import encoder_weights
+
+        enc = self.cfg.network.image_encoder
+        self.encoder_weights = encoder_weights.read_record(self.run_dir) if self.resume else None
+        if enc.pretrained is None or self.resume or not self.loads_pretrained_encoder:
+            return
+        report = encoder_weights.load_encoder_weights(self.model.image_encoder.backbone, enc.pretrained, enc.name)
+        self.encoder_weights = report.record()
+        if self.writes:
+            encoder_weights.write_report(report, self.run_dir)
+        self._echo(report.summary())
 
     def _resolve_report_length(self, train_cases: list[Any]) -> None:
         """Report length limits from the training reports (``medmm.models.report_length``)."""
@@ -230,7 +250,11 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
             sampler.set_epoch(epoch)
         else:
             sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(seed))
-        return DataLoader(self.train_set, batch_size=self.cfg.training.batch_size, sampler=sampler,
+        batch_size = self.cfg.training.batch_size
+        # A last batch of one scan crashes BatchNorm when the deepest feature map is 1x1x1; drop that
+        # lone scan (the sampler reshuffles, so it is trained on in other epochs). Other sizes are kept.
+        lone_last = batch_size > 1 and len(sampler) % batch_size == 1
+        return DataLoader(self.train_set, batch_size=batch_size, sampler=sampler, drop_last=lone_last,
                           num_workers=self.cfg.training.num_workers,
                           generator=torch.Generator().manual_seed(seed))
 
