@@ -45,7 +45,7 @@ def test_all_outputs(dicom_result, scans, tmp_path):
     assert len(evidence) == min(MAX_CAM_FINDINGS, len(dicom_result.positives))
     drawn = sum(e["localised"] for e in evidence.values())
     assert len(images) == 2 + 2 * drawn  # key slices + axial/coronal overlays of localised evidence only
-    assert page.count("no localised evidence") == len(evidence) - drawn
+    assert page.count("class=\"noevidence\"") == len(evidence) - drawn  # said, not drawn
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
     assert "http://" not in page and "https://" not in page  # offline: no external assets
 
