@@ -36,8 +36,15 @@ def _eps_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[f
               help="Bootstrap resamples for AUROC confidence intervals.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap/attack seed.")
 @click.option("--device", default=None, help="Torch device, e.g. cpu or cuda:0.")
+@click.option("--explain", "explain", default=None, is_flag=False, flag_value="default",
+              help="Also measure explanation faithfulness on a synthetic manifest: pointing game, energy in "
+                   "lesion, counterfactual probability drop per finding. Optionally a comma-separated list of "
+                   "evidence methods (gradcam, gradcam-layer2, gradcam-layer3, saliency, occlusion).")
+@click.option("--explain-limit", default=None, type=click.IntRange(min=1),
+              help="Score explanations on at most this many scans (they re-render twins; slow on CPU).")
 def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attacks: tuple[str, ...],
-             eps_hu: tuple[float, ...], pgd_steps: int, n_bootstrap: int, seed: int, device: str | None) -> None:
+             eps_hu: tuple[float, ...], pgd_steps: int, n_bootstrap: int, seed: int, device: str | None,
+             explain: str | None = None, explain_limit: int | None = None) -> None:
     """Evaluate RUN_DIR on a manifest: AUROC with 95% CIs, calibration, report metrics, robustness."""
     from medmm.evaluation import evaluate as run_evaluation
     from medmm.evaluation.outputs import terminal_table
@@ -50,4 +57,9 @@ def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attack
 
     for line in describe_run(run_dir):
         click.echo(f"model history: {line}")
+    if explain is not None:  # i20 hook: explanation faithfulness (medmm.evaluation.faithfulness)
+        from medmm.evaluation.faithfulness import run_faithfulness
+
+        metrics["files"] = sorted(set(metrics["files"]) | set(
+            run_faithfulness(run_dir, manifest, split, out, explain, explain_limit, device, click.echo)))
     click.echo(f"wrote {', '.join(metrics['files'])} to {out}")

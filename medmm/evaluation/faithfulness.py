@@ -183,3 +183,41 @@ def faithfulness_table(report: dict[str, Any]) -> str:
                     for m in methods)
     lines.append(f"{'macro mean':<36} {'':>3} {overall.get('prob_drop', 0):>7.3f} {overall.get('other_shift', 0):>7.3f}{cells}")
     return "\n".join(lines)
+
+
+def write_faithfulness(out_dir: str | Path, report: dict[str, Any]) -> list[str]:
+    """Add ``report`` as the ``explanations`` section of ``out_dir/metrics.json`` and write the
+    table to ``explanations.txt`` (both atomically). Returns the file names written."""
+    from medmm.evaluation.outputs import to_json
+    from medmm.io.writers import atomic_write_bytes
+
+    out = Path(out_dir)
+    path = out / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics["explanations"] = report
+    atomic_write_bytes(out / "explanations.txt", (faithfulness_table(report) + "\n").encode())
+    atomic_write_bytes(path, to_json(metrics).encode())
+    return ["explanations.txt", "metrics.json"]
+
+
+def run_faithfulness(run_dir: str | Path, manifest: str | Path, split: str, out: str | Path, methods: str,
+                     limit: int | None, device: str | None, echo: Any = print) -> list[str]:
+    """``medmm evaluate --explain``: load the run, score ``methods`` ("default" = the predictor's
+    method), print the table and add it to the evaluation's files."""
+    from medmm.errors import MedmmConfigError
+    from medmm.inference import load_model
+    from medmm.inference.evidence import METHODS
+
+    synthetic_params(manifest)  # fail fast, before loading the model
+    names = None if methods in ("default", "") else [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = sorted(set(names or []) - set(METHODS))
+    if unknown:
+        raise MedmmConfigError("--explain", f"unknown evidence method(s) {', '.join(unknown)}; "
+                                            f"choose from {', '.join(METHODS)}")
+    predictor = load_model(run_dir, device=device)
+    start = time.perf_counter()
+    report = evaluate_faithfulness(predictor, manifest, split=split, methods=names, limit=limit)
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    echo(faithfulness_table(report))
+    echo(f"explanations: {report['n_scans']} scans, {report['wall_s']} s")
+    return write_faithfulness(out, report)

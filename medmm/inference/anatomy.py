@@ -146,6 +146,8 @@ def anatomy_map(hu: np.ndarray, spacing: tuple[float, float, float]) -> AnatomyM
     mediastinum = _fill_axial(ndimage.binary_closing(mediastinum, iterations=2)) & body & ~lung & ~airway
     near = ndimage.distance_transform_edt(~lung, sampling=spacing) <= PLEURAL_MM if lung.any() else lung
     cavity = _rib_cage(bone) if bone.any() else body
+    if lung.any() and cavity[lung].mean() < 0.8:  # ribs too sparse (coarse voxels) to outline the cage
+        cavity = body
     pleural = near & cavity & body & ~lung & ~mediastinum & (hu > -500.0) & ~bone & ~airway
     labels = np.zeros(hu.shape, np.uint8)
     labels[body] = REGIONS["other"]
