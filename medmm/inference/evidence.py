@@ -34,7 +34,7 @@ from torch import nn
 LAYER_METHODS: dict[str, str] = {"gradcam-layer2": "layer2", "gradcam-layer3": "layer3"}
 METHODS: tuple[str, ...] = ("gradcam", *LAYER_METHODS, "saliency", "occlusion")
 #: The method ``Predictor.predict`` explains with (chosen by the comparison in docs/explanations.md).
-DEFAULT_METHOD = "gradcam"
+DEFAULT_METHOD = "saliency"
 
 #: A map localises when at most this fraction of the volume reaches half its peak (a flat map: 1.0).
 MAX_HALF_MAX_FRACTION = 0.25
