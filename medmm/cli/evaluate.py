@@ -50,6 +50,11 @@ def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attack
     from medmm.evaluation.outputs import terminal_table
 
     out = out if out is not None else Path.cwd() / "medmm_eval" / (run_dir.resolve().name or "run")
+    if explain is not None:  # i20 hook: refuse a non-synthetic manifest before the long evaluation
+        from medmm.evaluation.faithfulness import check_methods, synthetic_params
+
+        synthetic_params(manifest)
+        check_methods(explain)
     metrics = run_evaluation(run_dir, manifest, split=split, out=out, attack=list(attacks), eps_hu=eps_hu,
                              n_bootstrap=n_bootstrap, seed=seed, pgd_steps=pgd_steps, device=device)
     click.echo(terminal_table(metrics))

@@ -200,20 +200,31 @@ def write_faithfulness(out_dir: str | Path, report: dict[str, Any]) -> list[str]
     return ["explanations.txt", "metrics.json"]
 
 
-def run_faithfulness(run_dir: str | Path, manifest: str | Path, split: str, out: str | Path, methods: str,
-                     limit: int | None, device: str | None, echo: Any = print) -> list[str]:
-    """``medmm evaluate --explain``: load the run, score ``methods`` ("default" = the predictor's
-    method), print the table and add it to the evaluation's files."""
+def check_methods(methods: str) -> list[str] | None:
+    """``--explain`` value → method names (None: the predictor's default).
+
+    Raises:
+        MedmmConfigError: an unknown method.
+    """
     from medmm.errors import MedmmConfigError
-    from medmm.inference import load_model
     from medmm.inference.evidence import METHODS
 
-    synthetic_params(manifest)  # fail fast, before loading the model
     names = None if methods in ("default", "") else [m.strip() for m in methods.split(",") if m.strip()]
     unknown = sorted(set(names or []) - set(METHODS))
     if unknown:
         raise MedmmConfigError("--explain", f"unknown evidence method(s) {', '.join(unknown)}; "
                                             f"choose from {', '.join(METHODS)}")
+    return names
+
+
+def run_faithfulness(run_dir: str | Path, manifest: str | Path, split: str, out: str | Path, methods: str,
+                     limit: int | None, device: str | None, echo: Any = print) -> list[str]:
+    """``medmm evaluate --explain``: load the run, score ``methods`` ("default" = the predictor's
+    method), print the table and add it to the evaluation's files."""
+    from medmm.inference import load_model
+
+    synthetic_params(manifest)  # fail fast, before loading the model
+    names = check_methods(methods)
     predictor = load_model(run_dir, device=device)
     start = time.perf_counter()
     report = evaluate_faithfulness(predictor, manifest, split=split, methods=names, limit=limit)

@@ -58,7 +58,12 @@ class ImageHead(nn.Module):
         super().__init__()
         self.model = model
         self.text_emb = None if text_emb is None else text_emb.detach().clone()
-        self.feature_fn = feature_fn or model.feature_map
+        self.feature_fn = feature_fn or self._direct
+
+    def _direct(self, image: torch.Tensor) -> torch.Tensor:
+        """One pass of the model's own feature map on the model's device."""
+        param = next(self.model.parameters(), None)
+        return self.model.feature_map(image if param is None else image.to(param.device))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         fmap = self.feature_fn(image)

@@ -160,8 +160,9 @@ class GradCamExplainer:
         from medmm.inference.evidence import LAYER_METHODS, layer_gradcam, occlusion_drops, saliency_map
 
         idx = self.labels.index(finding)
-        if method in LAYER_METHODS:
-            return layer_gradcam(self.model, self.image, self.text_emb, idx, LAYER_METHODS[method])
+        if method in LAYER_METHODS:  # direct pass only (resolved_method): the image goes to the model's device
+            device = next(self.model.parameters()).device
+            return layer_gradcam(self.model, self.image.to(device), self.text_emb, idx, LAYER_METHODS[method])
         if method == "saliency":
             return saliency_map(self.model, self.image, self.text_emb, idx, self.feature_fn)
         if method == "occlusion":

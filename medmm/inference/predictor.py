@@ -301,7 +301,7 @@ class Predictor:
         from medmm.inference.evidence import DEFAULT_METHOD
         from medmm.inference.explain import site_checker
 
-        return dict(image=image.as_tensor()[None].to(self.device), sliding=sliding,
+        return dict(image=image.as_tensor()[None], sliding=sliding,  # host memory; moved per explanation
                     method=getattr(self, "evidence_method", DEFAULT_METHOD),
                     calibrate=self.calibration.logits, feature_fn=self.feature_map,
                     site_check_fn=site_checker(np.asarray(image[0], dtype=np.float32), image_affine,
