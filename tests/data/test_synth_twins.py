@@ -23,8 +23,8 @@ def test_twin_differs_only_at_the_lesion_and_is_deterministic():
     lesion = lesion_mask(phantom, twin)
     drawn = phantom.effects["Lung nodule"] > 0.5
     assert lesion.any() and (lesion & drawn).sum() >= 0.8 * drawn.sum()
-    assert np.array_equal(phantom.hu[~lesion], np.where(lesion, 0, twin.hu)[~lesion]) or \
-        np.abs(phantom.hu[~lesion] - twin.hu[~lesion]).max() <= 30.0
+    assert np.abs(phantom.hu[~lesion] - twin.hu[~lesion]).max() <= 30.0  # everything else as before
+    assert (phantom.hu == twin.hu).mean() > 0.9  # bit-identical almost everywhere
     # an anatomy-level finding has a lesion too (the heart's growth), which `effects` does not record
     heart_twin, _ = render_twin(77, 32, labels, "Cardiomegaly")
     assert lesion_mask(phantom, heart_twin).sum() > 20 and "Cardiomegaly" not in phantom.effects

@@ -15,7 +15,6 @@ import numpy as np
 from medmm.data.synth.generator import _entropy, _patient_state, _scan_labels, locate, render_scan
 from medmm.data.synth.labels import IMPLICATIONS, close_implications
 from medmm.data.synth.phantom import Phantom
-from medmm.labels import CT_RATE_FINDINGS
 
 #: A voxel belongs to a lesion when the phantom and its twin differ by more than this (HU); above
 #: the rounding of stored HU and far below any drawn finding's contrast.
@@ -64,4 +63,4 @@ def lesion_mask(phantom: Phantom, twin: Phantom, hu: float = LESION_HU) -> np.nd
     return np.abs(np.asarray(phantom.hu, np.float32) - np.asarray(twin.hu, np.float32)) > float(hu)
 
 
-__all__ = ["LESION_HU", "CT_RATE_FINDINGS", "case_scan", "lesion_mask", "render_twin", "without"]
+__all__ = ["LESION_HU", "case_scan", "lesion_mask", "render_twin", "without"]
