@@ -11,6 +11,8 @@ Per finding, over the held-out scans where it is present:
 - ``localised``: fraction of maps that pass the localisation test;
 - ``energy``: fraction of the evidence mass inside the lesion, next to ``lesion_fraction`` (the
   lesion's share of the body, what a uniform map would score);
+- ``in_site`` / ``flagged``: mean evidence fraction inside the finding's anatomical site and the
+  share of maps the site check flags, on true lesions (``medmm.inference.anatomy``);
 - ``prob_drop``: mean p(scan) - p(twin) of the finding (causal sensitivity), and ``other_shift``:
   mean |change| of the findings that were not removed (they should not move).
 """
@@ -95,7 +97,7 @@ def evaluate_faithfulness(predictor: Any, manifest: str | Path, split: str = "te
     from medmm.data.manifest import read_manifest
     from medmm.data.synth.twins import case_scan, lesion_mask, render_twin
     from medmm.data.synth.generator import render_scan
-    from medmm.inference.anatomy import anatomy_map
+    from medmm.inference.anatomy import anatomy_map, site_check
     from medmm.inference.evidence import DEFAULT_METHOD, localisation
     from medmm.inference.explain import intensity_to_hu
 
@@ -103,6 +105,7 @@ def evaluate_faithfulness(predictor: Any, manifest: str | Path, split: str = "te
     cases = [c for c in read_manifest(manifest) if split == "all" or c.split == split]
     cases = [c for c in cases if "counterfactual" not in (c.meta or {})][: limit or None]
     methods = list(methods or [getattr(predictor, "evidence_method", DEFAULT_METHOD)])
+    ontology = getattr(predictor, "ontology", None)
     rows: dict[str, list[dict[str, Any]]] = {}
     seconds = {m: 0.0 for m in methods}
     for case in cases:
@@ -129,7 +132,13 @@ def evaluate_faithfulness(predictor: Any, manifest: str | Path, split: str = "te
                 heat = np.asarray(result._explainer.heatmap(finding, method=method).array)
                 seconds[method] += time.perf_counter() - start
                 if lesion.any():
-                    row[method] = score_map(heat, localisation(heat), lesion, body)
+                    loc = localisation(heat)
+                    row[method] = score_map(heat, loc, lesion, body)
+                    check = site_check(finding, ontology.anatomical_site(finding) if ontology else None,
+                                       heat, amap, loc.localised, ontology)
+                    if check["fraction_in_site"] is not None:  # evidence on true lesions vs the site check
+                        row[method]["in_site"] = check["fraction_in_site"]
+                        row[method]["flagged"] = float(check["flag"] is not None)
             rows.setdefault(finding, []).append(row)
         if progress:
             progress(1)
@@ -149,6 +158,10 @@ def _summarise(rows: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, 
             out[m] = {k: round(float(np.mean([s[k] for s in scored])), 4)
                       for k in ("hit", "localised", "energy", "lesion_fraction")}
             out[m]["pointing"] = out[m].pop("hit")
+            sited = [s for s in scored if "in_site" in s]
+            if sited:
+                out[m]["in_site"] = round(float(np.mean([s["in_site"] for s in sited])), 4)
+                out[m]["flagged"] = round(float(np.mean([s["flagged"] for s in sited])), 4)
     return out
 
 
@@ -159,8 +172,9 @@ def _overall(rows: dict[str, list[dict[str, Any]]], methods: Sequence[str]) -> d
         per = [_summarise(r, [m]).get(m) for r in rows.values()]
         per = [p for p in per if p]
         if per:
-            out[m] = {k: round(float(np.mean([p[k] for p in per])), 4)
-                      for k in ("pointing", "localised", "energy", "lesion_fraction")}
+            out[m] = {k: round(float(np.mean([p[k] for p in per if k in p])), 4)
+                      for k in ("pointing", "localised", "energy", "lesion_fraction", "in_site", "flagged")
+                      if any(k in p for p in per)}
     all_rows = [r for rs in rows.values() for r in rs]
     if all_rows:
         out["prob_drop"] = round(float(np.mean([_summarise(r, [])["prob_drop"] for r in rows.values()])), 4)
