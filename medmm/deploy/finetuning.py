@@ -21,6 +21,8 @@ from medmm.training.engine import Trainer
 class _CompressedTrainer(Trainer):
     """The run's trainer, started from given weights, with optional teacher soft targets."""
 
+    loads_pretrained_encoder = False  # hook (issue 19): the given weights replace any pretrained file
+
     def __init__(self, cfg: Any, run_dir: Path, init_state: Mapping[str, torch.Tensor],
                  soft_targets: Mapping[str, torch.Tensor] | None, teacher_weight: float, verbose: bool):
         super().__init__(cfg, run_dir=run_dir, resume=False, device="cpu", verbose=verbose)

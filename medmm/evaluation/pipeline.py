@@ -29,6 +29,8 @@ from medmm.evaluation.robustness import DEFAULT_EPS_HU, AttackSpec, robustness_s
 log = logging.getLogger(__name__)
 
 SPLITS = (*CASE_SPLITS, "all")
+#: ``medmm``: the metrics below; ``ctrate``: also the CT-RATE papers' (`medmm.evaluation.ctrate`).
+PROTOCOLS = ("medmm", "ctrate")
 
 
 def training_patient_keys(meta: Any, run_dir: str | Path) -> set[str]:
@@ -144,6 +146,7 @@ def evaluate(
     pgd_steps: int = 10,
     n_bins: int = DEFAULT_BINS,
     device: str | None = None,
+    protocol: str = "medmm",
 ) -> dict[str, Any]:
     """Evaluate a run on a manifest; write files to ``out`` when given.
 
@@ -159,6 +162,8 @@ def evaluate(
         pgd_steps: PGD iterations.
         n_bins: calibration bins.
         device: torch device for the model (default: the predictor's choice).
+        protocol: ``medmm`` (default) or ``ctrate``, which adds the CT-RATE papers' metrics
+            (`medmm.evaluation.ctrate`) under ``"ctrate"``.
 
     Returns:
         The metrics dict written to ``metrics.json`` (plus ``"files"`` when ``out`` is given).
@@ -171,6 +176,8 @@ def evaluate(
     from medmm.inference import load_model
     from medmm.knowledge import ReportLabeler
 
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     methods = [attack] if isinstance(attack, str) else list(attack or [])
     specs = [AttackSpec(m, tuple(float(e) for e in eps_hu), steps=pgd_steps) for m in dict.fromkeys(methods)]
     if out is not None:
@@ -239,6 +246,11 @@ def evaluate(
         "robustness": robustness,
         "protocol": _protocol(split, n_bootstrap, seed, n_bins, specs, reports),
     }
+    if protocol == "ctrate":  # issue 19: the CT-RATE papers' metrics, next to medmm's own
+        from medmm.evaluation.ctrate import PROTOCOL as CTRATE_PROTOCOL, ctrate_metrics
+
+        metrics["ctrate"] = ctrate_metrics(y, pred["consistent"], labels, n_bootstrap=n_bootstrap, seed=seed)
+        metrics["protocol"]["ctrate"] = CTRATE_PROTOCOL
     if out is not None:
         from medmm.evaluation.outputs import write_evaluation
 

@@ -94,6 +94,10 @@ def layer_gradcam(model: nn.Module, image: torch.Tensor, text_emb: torch.Tensor 
     with torch.enable_grad():  # tensors made under inference_mode cannot enter autograd: clone
         x = image.detach().clone().float()
         heat = cam(x=x, class_idx=int(class_idx))  # [1, 1, X, Y, Z], upsampled and min-max normalised
+    # break MONAI's hook-wrapper reference cycle (see explain.gradcam_map): no leak per call
+    cam.nn_module.score = None
+    cam.nn_module.activations.clear()
+    cam.nn_module.gradients.clear()
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     heat = heat.detach().float()

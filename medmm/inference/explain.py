@@ -69,6 +69,12 @@ def gradcam_map(
         fm = feature_map.detach().clone().requires_grad_(True)
         emb = None if text_emb is None else text_emb.detach().clone()
         heat = cam(x=fm, class_idx=class_idx, text_emb=emb)  # [1, 1, x, y, z], normalised
+    # MONAI's hook wrapper keeps the logits (whose autograd graph holds its own hooks) and the
+    # cached maps: a reference cycle through C++ autograd nodes that the garbage collector cannot
+    # see, so each call leaked its feature maps (~6 MB per report in `medmm serve`). Break it.
+    cam.nn_module.score = None
+    cam.nn_module.activations.clear()
+    cam.nn_module.gradients.clear()
     heat = heat.detach().float()
     heat = F.interpolate(heat, size=tuple(int(s) for s in out_shape), mode="trilinear", align_corners=False)
     heat = heat[0, 0].clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)

@@ -31,6 +31,7 @@ from medmm.inference.explain import GradCamExplainer
 from medmm.inference.result import Result
 from medmm.inference.result_rows import finding_rows, input_info, repair_text, weights_id
 from medmm.inference.sliding import compute_feature_map, needs_sliding_window
+from medmm.knowledge.hierarchy import group_rows
 from medmm.models.run_meta import RunMeta
 
 # Above this many voxels a CUDA run keeps the stitched feature map and the input on the CPU.
@@ -242,6 +243,7 @@ class Predictor:
             image_affine=image_affine,
             source_files=source_files,
             warnings=input_warnings,
+            groups=group_rows(getattr(self.model, "hierarchy", None), out.group_logits, probs),  # issue 20 hook
             _explainer=explainer,
         )
 

@@ -100,6 +100,8 @@ class Result:
             serialised).
         warnings: why the input is doubtful (plausibility gate, ``inference/plausibility.py``);
             shown in every output format and on stderr.
+        groups: ontology group outputs of a model with ``network.hierarchy`` (``group``,
+            ``probability``, ``findings``); empty otherwise.
         evidence: per explained positive finding, the evidence method, whether the map localises
             anything and its anatomical-site check (:meth:`explain_positives`); None until computed.
     """
@@ -117,6 +119,7 @@ class Result:
     image_affine: np.ndarray | None = field(default=None, repr=False)
     source_files: list[Any] = field(default_factory=list, repr=False)
     warnings: list[str] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)  # issue 20: ontology group outputs (hierarchy)
     evidence: list[dict[str, Any]] | None = None
     _explainer: Callable[[str], Explanation] | None = field(default=None, repr=False)
     _explanations: dict[str, Explanation] = field(default_factory=dict, repr=False)
@@ -197,6 +200,7 @@ class Result:
             "findings": [_jsonable(row) for row in self.findings],
             "consistency": _jsonable(self.consistency),
             "warnings": [str(w) for w in self.warnings],
+            **({"groups": [_jsonable(row) for row in self.groups]} if self.groups else {}),
             **({"evidence": _jsonable(self.evidence)} if self.evidence is not None else {}),
         }
 

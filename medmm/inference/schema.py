@@ -96,6 +96,18 @@ EVIDENCE_SCHEMA = {
     },
 }
 
+# One ontology group output (issue 20, medmm.knowledge.hierarchy): never below its findings.
+GROUP_SCHEMA = {
+    "type": "object",
+    "required": ["group", "probability", "findings"],
+    "additionalProperties": False,
+    "properties": {
+        "group": {"type": "string"},
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+        "findings": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
 RESULT_JSON_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "medmm result",
@@ -165,5 +177,7 @@ RESULT_JSON_SCHEMA = {
         "warnings": {"type": "array", "items": {"type": "string"}},
         # evidence of the positive findings (medmm.inference.evidence / anatomy); absent when not explained
         "evidence": {"type": "array", "items": EVIDENCE_SCHEMA},
+        # issue 20: ontology group outputs of a model with network.hierarchy (absent otherwise)
+        "groups": {"type": "array", "items": GROUP_SCHEMA},
     },
 }

@@ -14,7 +14,8 @@ from medmm.config.preprocessing import PreprocessingConfig, hu_to_intensity
 
 
 def derive_network(network: ModelConfig, preprocessing: PreprocessingConfig,
-                   train_reports: Sequence[str] | None = None) -> NetworkDerived:
+                   train_reports: Sequence[str] | None = None, ontology=None,
+                   labels: Sequence[str] | None = None) -> NetworkDerived:
     """The `NetworkDerived` of ``network`` under ``preprocessing`` (and the training reports).
 
     Args:
@@ -22,6 +23,8 @@ def derive_network(network: ModelConfig, preprocessing: PreprocessingConfig,
         preprocessing: the workflow's preprocessing (its HU window maps histogram centres).
         train_reports: reference reports of the training split; needed for the compact decoder
             vocabulary (``report_generator.vocabulary: training_reports``), else ignored.
+        ontology / labels: the run's `medmm.knowledge.Ontology` and finding labels; needed by
+            ``network.hierarchy`` (group outputs) and ``fusion.head: knowledge_queries`` (query texts).
     """
     generator, radiomics = network.report_generator, network.radiomics
 
@@ -40,4 +43,30 @@ def derive_network(network: ModelConfig, preprocessing: PreprocessingConfig,
         context_centres=to_input(context.hu if context else None),
         context_context_centres=to_input(context.context_hu if context else None),
         vocab_ids=vocab_ids,
+        **_knowledge_outputs(network, ontology, labels),
     )
+
+
+def _knowledge_outputs(network: ModelConfig, ontology, labels: Sequence[str] | None) -> dict:
+    """Issue 20: the hierarchy's group outputs and edges, and the label-query texts, from the ontology."""
+    wants_queries = network.fusion.head == "knowledge_queries"
+    if network.hierarchy is None and not wants_queries:
+        return {}
+    if ontology is None or labels is None:
+        from medmm.errors import MedmmConfigError
+
+        raise MedmmConfigError("network", "hierarchy / knowledge_queries need the ontology and labels to build")
+    from medmm.knowledge.hierarchy import Hierarchy
+
+    out: dict = {}
+    names = list(labels)
+    if network.hierarchy is not None:
+        hierarchy = Hierarchy.from_ontology(ontology, labels)
+        out.update(hierarchy_groups=list(hierarchy.groups), hierarchy_edges=[list(e) for e in hierarchy.edges])
+        names = hierarchy.names
+    if wants_queries:
+        from medmm.models.query_head import label_query_embeddings, label_query_text
+
+        out["label_query_texts"] = [label_query_text(ontology, name) for name in names]
+        out["label_query_dim"] = int(label_query_embeddings(out["label_query_texts"], network.text_encoder).shape[1])
+    return out

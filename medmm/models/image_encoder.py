@@ -1,7 +1,8 @@
 """3D CNN image encoder: a MONAI backbone run as a fully convolutional feature extractor.
 
-The backbone is any of MONAI's DenseNet121, ResNet (10/18 and the ``slim`` default), SEResNet50
-or EfficientNetBN, built without its classification layers. :meth:`ImageEncoder.feature_map` is
+The backbone is any of MONAI's DenseNet121, ResNet (10/18 and the ``slim`` default), SEResNet50,
+EfficientNetBN, SwinUNETR's Swin-ViT, or the SegResNet / SegResNetDS encoders, built without their
+classification layers or decoders (so they take public CT weights, `medmm.models.encoder_weights`). :meth:`ImageEncoder.feature_map` is
 fully convolutional, so the sliding-window inferer can stitch the maps of ROI-sized windows of a
 larger volume; :meth:`ImageEncoder.embed` turns a (possibly stitched) map into one pooled
 embedding for the classifier and a small grid of tokens for the report generator.
@@ -17,6 +18,7 @@ from monai.networks import nets
 from torch import nn
 
 from medmm.config.network import ImageEncoderConfig
+from medmm.errors import MedmmConfigError
 
 #: Default (block_inplanes, layers) of the ResNet-family options.
 _RESNET_DEFAULTS: dict[str, tuple[list[int], list[int]]] = {
@@ -95,7 +97,67 @@ def build_backbone(cfg: ImageEncoderConfig) -> tuple[nn.Module, Callable[[torch.
             return net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))
 
         return net, efficientnet_features, int(net._bn1.num_features)
+    if cfg.name in _EXTRA_BACKBONES:
+        return _EXTRA_BACKBONES[cfg.name](cfg)
     raise ValueError(f"unknown image encoder {cfg.name!r}")  # unreachable: the schema restricts names
+
+
+#: SwinUNETR's Swin-ViT defaults (the self-supervised CT weights: feature_size 48, depths 2,2,2,2).
+SWIN_FEATURE_SIZE, SWIN_DEPTHS, SWIN_HEADS, SWIN_WINDOW, SWIN_PATCH = 48, (2, 2, 2, 2), (3, 6, 12, 24), 7, 2
+#: SegResNet / SegResEncoder defaults: MONAI's blocks_down and SegResEncoder's init_filters (a bundle's
+#: own values are in its configs/*.json network_def; the load report shows any difference).
+SEGRESNET_FILTERS, SEGRESNET_BLOCKS = 32, (1, 2, 2, 4)
+
+
+def _swin_vit(cfg: ImageEncoderConfig) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], int]:
+    """SwinUNETR's ``swinViT`` (MONAI ``SwinTransformer``); the map is its deepest normalised stage."""
+    from monai.networks.nets.swin_unetr import SwinTransformer
+
+    size = cfg.widths[0] if cfg.widths else SWIN_FEATURE_SIZE
+    net = SwinTransformer(in_chans=cfg.in_channels, embed_dim=size, window_size=(SWIN_WINDOW,) * 3,
+                          patch_size=(SWIN_PATCH,) * 3, depths=tuple(cfg.depth or SWIN_DEPTHS), num_heads=SWIN_HEADS,
+                          drop_path_rate=0.0, spatial_dims=3, downsample="merging")
+    multiple = SWIN_PATCH * 2**4  # patch embedding, then four patch-merging stages
+
+    def swin_features(x: torch.Tensor) -> torch.Tensor:
+        if any(s % multiple for s in x.shape[2:]):
+            raise MedmmConfigError("network.image_encoder.name", f"swin_vit needs image sides divisible by "
+                                   f"{multiple}, got {tuple(x.shape[2:])}; make the crop / inferer roi_size multiples of {multiple}")
+        return net(x, normalize=True)[-1]  # as SwinUNETR: layer-normalised hidden state of the last stage
+
+    return net, swin_features, size * 16
+
+
+def _segresnet(cfg: ImageEncoderConfig) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], int]:
+    """MONAI ``SegResNet`` without its decoder (keys ``convInit.*``, ``down_layers.*`` of a bundle)."""
+    filters = cfg.widths[0] if cfg.widths else SEGRESNET_FILTERS
+    blocks = tuple(cfg.depth or SEGRESNET_BLOCKS)
+    net = nets.SegResNet(spatial_dims=3, init_filters=filters, in_channels=cfg.in_channels, out_channels=1,
+                         blocks_down=blocks, blocks_up=(1,) * (len(blocks) - 1))
+    del net.up_layers, net.up_samples, net.conv_final  # decoder: unused by a classifier
+
+    def segresnet_features(x: torch.Tensor) -> torch.Tensor:
+        return net.encode(x)[0]
+
+    return net, segresnet_features, filters * 2 ** (len(blocks) - 1)
+
+
+def _segresnet_ds(cfg: ImageEncoderConfig) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], int]:
+    """MONAI ``SegResEncoder`` of SegResNetDS (keys ``conv_init.*``, ``layers.*``: CT-FM's feature extractor)."""
+    from monai.networks.nets.segresnet_ds import SegResEncoder
+
+    filters = cfg.widths[0] if cfg.widths else SEGRESNET_FILTERS
+    blocks = tuple(cfg.depth or SEGRESNET_BLOCKS)
+    net = SegResEncoder(spatial_dims=3, init_filters=filters, in_channels=cfg.in_channels, blocks_down=blocks,
+                        norm=cfg.norm or "batch")
+
+    def segresnet_ds_features(x: torch.Tensor) -> torch.Tensor:
+        return net(x)[-1]
+
+    return net, segresnet_ds_features, filters * 2 ** (len(blocks) - 1)
+
+
+_EXTRA_BACKBONES = {"swin_vit": _swin_vit, "segresnet": _segresnet, "segresnet_ds": _segresnet_ds}
 
 
 class ImageEncoder(nn.Module):

@@ -32,7 +32,9 @@ class StepOutput:
 
     ``logits [B, L]``; ``reports`` (generated, ``""`` when generation was skipped); ``texts``
     (what the fusion head read); ``feature_map``, ``tokens [B, N, D]`` and ``text_emb [B, T]``
-    (None for an image-only model) for explanations.
+    (None for an image-only model) for explanations. With ``network.hierarchy``:
+    ``group_logits [B, G]`` (after the max-constraint, like ``logits``) and ``raw_logits
+    [B, L + G]`` (the head's outputs before it); None otherwise.
     """
 
     logits: torch.Tensor
@@ -41,6 +43,8 @@ class StepOutput:
     feature_map: torch.Tensor
     tokens: torch.Tensor
     text_emb: torch.Tensor | None
+    group_logits: torch.Tensor | None = None
+    raw_logits: torch.Tensor | None = None
 
 
 class MedMM(nn.Module):
@@ -50,7 +54,9 @@ class MedMM(nn.Module):
         config: the network schema (``ModelConfig``).
         labels: finding names, in the order of the logits.
         derived: values computed when the model was first built (`medmm.models.derive_network`):
-            histogram centres in input units, the decoder vocabulary.
+            histogram centres in input units, the decoder vocabulary, the ontology's group outputs.
+        label_embeddings: initial knowledge queries ``[L + G, T]`` of a fresh model with
+            ``fusion.head: knowledge_queries`` (`medmm.models.query_head`); None when loading.
 
     Raises:
         MedmmConfigError: a pretrained model named in ``config`` cannot be loaded offline, or
@@ -62,7 +68,8 @@ class MedMM(nn.Module):
         >>> out.logits.shape, out.reports
     """
 
-    def __init__(self, config: ModelConfig, labels: Sequence[str], derived: NetworkDerived | None = None):
+    def __init__(self, config: ModelConfig, labels: Sequence[str], derived: NetworkDerived | None = None,
+                 label_embeddings: torch.Tensor | None = None):
         super().__init__()
         labels = [str(label) for label in labels]
         if not labels or len(set(labels)) != len(labels):
@@ -90,7 +97,36 @@ class MedMM(nn.Module):
                                                 self.derived.vocab_ids, n_findings=len(labels),
                                                 n_image_tokens=config.image_encoder.n_tokens)
         text_dim = self.text_encoder.dim if self.text_encoder is not None else 0
-        self.fusion = FusionHead(config.fusion, self.image_encoder.embed_dim, text_dim, len(labels))
+        self.hierarchy = self._hierarchy()
+        self.output_names = self.hierarchy.names if self.hierarchy is not None else list(labels)
+        if config.fusion.head == "knowledge_queries":
+            from medmm.models.query_head import KnowledgeQueryHead
+
+            if self.derived.label_query_dim is None:
+                raise MedmmConfigError("network.fusion.head", "knowledge_queries needs the derived label queries "
+                                       "(build the model with derive_network(..., ontology=, labels=))")
+            self.fusion = KnowledgeQueryHead(config.fusion, self.image_encoder.embed_dim, text_dim,
+                                             len(self.output_names), self.derived.label_query_dim, label_embeddings)
+        else:
+            self.fusion = FusionHead(config.fusion, self.image_encoder.embed_dim, text_dim, len(self.output_names))
+
+    def _hierarchy(self):
+        """The `Hierarchy` of ``network.hierarchy`` from the derived groups/edges (None when off)."""
+        if self.config.hierarchy is None:
+            return None
+        from medmm.knowledge.hierarchy import Hierarchy
+
+        groups, edges = self.derived.hierarchy_groups, self.derived.hierarchy_edges
+        if groups is None or edges is None:
+            raise MedmmConfigError("network.hierarchy", "needs the derived group outputs "
+                                   "(build the model with derive_network(..., ontology=, labels=))")
+        n = len(self.labels) + len(groups)
+        if any(not (0 <= a < n and 0 <= b < n) for a, b in edges):
+            raise MedmmConfigError("network_derived.hierarchy_edges", f"indices outside the {n} outputs")
+        hierarchy = Hierarchy(tuple(self.labels), tuple(groups), tuple((int(a), int(b)) for a, b in edges))
+        # not persistent: rebuilt from the run's metadata, so older run dirs load unchanged
+        self.register_buffer("hierarchy_matrix", hierarchy.matrix(), persistent=False)
+        return hierarchy
 
     @property
     def uses_text(self) -> bool:
@@ -137,8 +173,17 @@ class MedMM(nn.Module):
     def classify(
         self, pooled: torch.Tensor, text_emb: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits ``[B, L]`` (one per label, in ``self.labels`` order)."""
-        return self.fusion(pooled, text_emb, image_tokens)
+        """Logits ``[B, L]`` (one per label, in ``self.labels`` order; after the max-constraint)."""
+        return self.constrain(self.fusion(pooled, text_emb, image_tokens))[:, : len(self.labels)]
+
+    def constrain(self, raw: torch.Tensor) -> torch.Tensor:
+        """Head outputs ``[B, L + G]`` → the same after the max-constraint module (identity when
+        ``network.hierarchy`` is off): every output is at least as likely as its descendants."""
+        if self.hierarchy is None:
+            return raw
+        from medmm.knowledge.hierarchy import max_constraint
+
+        return max_constraint(raw, self.hierarchy_matrix)
 
     def predict_step(
         self,
@@ -182,8 +227,14 @@ class MedMM(nn.Module):
                 raise ValueError("the fusion head reads generated reports; generate=False would feed it empty ones")
             texts = fusion_texts(reports, list(indications or [None] * n), use_generated_report, use_indication)
             text_emb = self.encode_text(texts) if self.uses_text else None
-        logits = self.classify(pooled, text_emb, tokens)
-        return StepOutput(logits, list(reports), texts, fmap, tokens, text_emb)
+        if getattr(self, "hierarchy", None) is None:  # (stand-in models in tests have no hierarchy)
+            logits = self.classify(pooled, text_emb, tokens)
+            return StepOutput(logits, list(reports), texts, fmap, tokens, text_emb)
+        raw = self.fusion(pooled, text_emb, tokens)
+        outputs = self.constrain(raw)
+        n_labels = len(self.labels)
+        return StepOutput(outputs[:, :n_labels], list(reports), texts, fmap, tokens, text_emb,
+                          outputs[:, n_labels:], raw)
 
     def generate_reports(self, tokens: torch.Tensor, findings_probs: torch.Tensor | None = None,
                          **decode: object) -> list[str]:
@@ -199,7 +250,7 @@ class MedMM(nn.Module):
         """Image (+ fusion texts, one per image) → logits ``[B, L]``; ``texts`` is ignored when image-only."""
         pooled, tokens = self.embed(self.feature_map(image))
         if self.text_encoder is None:
-            return self.classify(pooled)
+            return self.classify(pooled, None, tokens)
         if texts is None or len(texts) != image.shape[0]:
             got = None if texts is None else len(texts)
             raise ValueError(f"need one fusion text per image ({image.shape[0]}), got {got}")

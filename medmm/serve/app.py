@@ -3,7 +3,10 @@
 Every error is JSON ``{"error": "<one line>"}`` with 400 (bad input, the same checks as ``medmm
 infer``), 401 (no/invalid token), 403 (token not allowed here), 404, 413 (body or archive over a
 limit), 429 (rate or queue full, with ``Retry-After``) or 503 (model not loaded yet). Routes are
-documented at ``/docs`` (OpenAPI).
+documented at ``/docs`` (Swagger UI) and ``/openapi.json``. Every route except ``/healthz`` needs a
+bearer token — the docs too (FastAPI's own open ``/docs``, ``/redoc`` and ``/openapi.json`` are
+switched off and re-declared behind the token check); ``/metrics`` is open only on loopback or with
+``metrics_public``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medmm.errors import MedmmConfigError, MedmmInputError
@@ -31,6 +36,8 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     "application/zip": {"schema": {"type": "string", "format": "binary"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     "description": "a zip of one DICOM series, or a NIfTI file (.nii / .nii.gz), as the raw body"}}
+# declares the bearer scheme in the OpenAPI spec (Swagger UI's "Authorize"); the check itself is `authenticate`
+_BEARER = HTTPBearer(auto_error=False, description="a token from `medmm serve token add`")
 
 
 class ApiError(Exception):
@@ -51,30 +58,36 @@ def create_app(service: Service) -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(None, service.stop)
 
     app = FastAPI(title="medmm serve", version=_version(), lifespan=lifespan,
-                  description="Chest-CT diagnosis service: DICOM series or NIfTI in, findings and reports out.")
+                  description="Chest-CT diagnosis service: DICOM series or NIfTI in, findings and reports out.",
+                  docs_url=None, redoc_url=None, openapi_url=None)  # served below, behind the token
     _install_error_handlers(app)
     _install_metrics_middleware(app, service)
     cfg, metrics = service.config, service.metrics
 
-    def require(scope: str):
-        def check(request: Request) -> Token:
-            header = request.headers.get("authorization", "")
-            presented = header[7:].strip() if header[:7].lower() == "bearer " else None
-            token = service.tokens.verify(presented) if service.tokens is not None else None
-            if token is None:
-                metrics.rejected.labels(reason="auth").inc()
-                raise ApiError(401, "missing or invalid bearer token" if presented or header else
-                               "missing bearer token (Authorization: Bearer <token>)",
-                               {"WWW-Authenticate": "Bearer"})
-            if scope not in token.scopes:
-                metrics.rejected.labels(reason="scope").inc()
-                raise ApiError(403, f"token {token.name!r} is not allowed to use {scope!r} endpoints")
-            wait = service.rate.check(token.name)
-            if wait:
-                metrics.rejected.labels(reason="rate").inc()
-                raise ApiError(429, f"rate limit of {cfg.limits.rate_per_minute:g} requests/minute exceeded",
-                               {"Retry-After": str(wait)})
-            return token
+    def authenticate(request: Request, scope: str | None) -> Token:
+        """The caller's token (401 none/invalid/revoked, 403 lacks ``scope``, 429 over its rate)."""
+        header = request.headers.get("authorization", "")
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else None
+        token = service.tokens.verify(presented) if service.tokens is not None else None
+        if token is None:
+            metrics.rejected.labels(reason="auth").inc()
+            raise ApiError(401, "missing or invalid bearer token" if presented or header else
+                           "missing bearer token (Authorization: Bearer <token>)",
+                           {"WWW-Authenticate": "Bearer"})
+        if scope is not None and scope not in token.scopes:
+            metrics.rejected.labels(reason="scope").inc()
+            raise ApiError(403, f"token {token.name!r} is not allowed to use {scope!r} endpoints")
+        wait = service.rate.check(token.name)
+        if wait:
+            metrics.rejected.labels(reason="rate").inc()
+            raise ApiError(429, f"rate limit of {cfg.limits.rate_per_minute:g} requests/minute exceeded",
+                           {"Retry-After": str(wait)})
+        return token
+
+    def require(scope: str | None):
+        """A route dependency: any valid token (``scope`` None) or one allowed ``scope``."""
+        def check(request: Request, _declared=Depends(_BEARER)) -> Token:
+            return authenticate(request, scope)
         return check
 
     @app.get("/healthz", tags=["health"])
@@ -94,8 +107,20 @@ def create_app(service: Service) -> FastAPI:
     def metrics_endpoint(request: Request) -> Response:
         """Prometheus metrics (token with scope ``metrics`` unless on loopback or ``metrics_public``)."""
         if not (cfg.metrics_public or cfg.loopback()):
-            require("metrics")(request)
+            authenticate(request, "metrics")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(token: Token = Depends(require(None))) -> JSONResponse:
+        """The OpenAPI spec (any valid token)."""
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(token: Token = Depends(require(None))) -> HTMLResponse:
+        """Swagger UI with the spec embedded: a browser does not send the bearer token when the page
+        fetches ``/openapi.json``, so the page carries the spec itself."""
+        return get_swagger_ui_html(openapi_url="", title=f"{app.title} - docs",
+                                   swagger_ui_parameters={"spec": app.openapi()})
 
     @app.post("/v1/jobs", status_code=202, tags=["jobs"], openapi_extra=_UPLOAD_BODY)
     async def submit_job(request: Request, indication: str | None = Query(None, max_length=500),
@@ -233,6 +258,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def config_error(request: Request, err: MedmmConfigError) -> JSONResponse:
         log.error("configuration error: %s", err)  # e.g. the tokens file was broken while running
         return JSONResponse({"error": "server configuration error (see the server log)"}, status_code=500)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:
+        # a bug: Starlette still logs the traceback; the client gets the same JSON shape as any error
+        return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:

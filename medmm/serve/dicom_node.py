@@ -44,13 +44,25 @@ class DicomNode:
         self.incoming = Path(service.config.state_dir) / "incoming"
         self.incoming.mkdir(parents=True, exist_ok=True)
         self._last_seen: dict[str, float] = {}
+        self._senders: dict[str, str] = {}  # series key -> calling AE title (for the audit log)
         self._lock = threading.Lock()
         self._server = None
         self._assembler: threading.Thread | None = None
+        self._adopt_orphans()
         # series left over from before a restart are completed like any other
         for folder in self.incoming.iterdir():
             if folder.is_dir():
                 self._last_seen[folder.name] = time.monotonic()
+
+    def _adopt_orphans(self) -> None:
+        """A series moved into a job folder whose row was never committed (a crash in between) goes
+        back to ``incoming``: its instances were acknowledged to the PACS, so it must not be lost."""
+        store = self.service.store
+        for folder in store.spool.iterdir():
+            if (folder / "input").is_dir() and store.get(folder.name) is None:
+                shutil.move(str(folder / "input"), str(self.incoming / folder.name))
+                shutil.rmtree(folder, ignore_errors=True)
+                log.warning("DICOM: series of an uncommitted job %s re-queued after a restart", folder.name)
 
     # --------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -98,37 +110,53 @@ class DicomNode:
         with self._lock:
             folder = self.incoming / key
             folder.mkdir(parents=True, exist_ok=True)
-            ds.save_as(folder / f"{spool_key(sop_uid)}.dcm", enforce_file_format=True)
+            target = folder / f"{spool_key(sop_uid)}.dcm"
+            part = target.with_suffix(".part")  # a crash mid-write leaves no truncated .dcm in the series
+            ds.save_as(part, enforce_file_format=True)
+            part.replace(target)
             self._last_seen[key] = time.monotonic()
+            self._senders[key] = str(getattr(event.assoc.requestor, "ae_title", "") or "").strip()
         self.service.metrics.dicom_instances.inc()
         return _SUCCESS
 
     def _assemble_loop(self) -> None:
         while not self.service.stopping.wait(min(0.25, self.cfg.quiet_seconds / 4)):
             now = time.monotonic()
-            with self._lock:
+            with self._lock:  # only the bookkeeping and the move hold up C-STOREs, not the hashing
                 complete = [k for k, seen in self._last_seen.items() if now - seen >= self.cfg.quiet_seconds]
-                for key in complete:
-                    self._last_seen.pop(key)
-                    self._enqueue_series(key)
+                claimed = [(self._claim(key), self._senders.pop(key, None)) for key in complete]
+            for job_id, sender in claimed:
+                if job_id is not None:
+                    self._enqueue_series(job_id, sender)
 
-    def _enqueue_series(self, key: str) -> None:
-        """Move a complete series into a new job (called with the lock held)."""
-        store = self.service.store
+    def _claim(self, key: str) -> str | None:
+        """Move a complete series into a new job folder (lock held); its id, or None if it was empty."""
+        self._last_seen.pop(key)
         source = self.incoming / key
-        files = sorted(source.glob("*.dcm"))
-        if not files:
+        if not any(source.glob("*.dcm")):
             shutil.rmtree(source, ignore_errors=True)
-            return
-        job_id = store.new_id()
-        store.job_dir(job_id).mkdir(parents=True)
-        shutil.move(str(source), str(store.job_dir(job_id) / "input"))
+            return None
+        job_id = self.service.store.new_id()
+        self.service.store.job_dir(job_id).mkdir(parents=True)
+        shutil.move(str(source), str(self.service.store.job_dir(job_id) / "input"))
+        return job_id
+
+    def _enqueue_series(self, job_id: str, sender: str | None) -> None:
+        """Commit the job of a claimed series: SHA-256 over its instances' bytes (in file-name order)."""
+        store = self.service.store
+        folder = store.job_dir(job_id) / "input"
+        for stale in folder.glob("*.part"):  # written when the server crashed: never acknowledged
+            stale.unlink()
+        files = sorted(folder.glob("*.dcm"))
         digest = hashlib.sha256()
         for f in files:
-            digest.update(f.name.encode())
-        store.add(job_id, "dicom", "dicom_folder", "input", input_sha256=digest.hexdigest())
-        self.service.audit.record("accepted", job_id=job_id, input_sha256=digest.hexdigest(), outcome="queued",
-                                  source="dicom")
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        who = f"dicom:{sender}" if sender else None
+        store.add(job_id, "dicom", "dicom_folder", "input", token=who, input_sha256=digest.hexdigest())
+        self.service.audit.record("accepted", token=who, job_id=job_id, input_sha256=digest.hexdigest(),
+                                  outcome="queued", source="dicom")
         log.info("DICOM: series complete (%d instances) -> job %s", len(files), job_id)
         self.service.pool.submit(job_id)
 

@@ -35,13 +35,21 @@ REFERENCE_FILE = "drift_reference.json"
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 SAMPLE_VALUES = 8192
 _EPS = 1e-4
+_EDGE_TOL = 0.01  # HU; see bin_shares
 log = logging.getLogger("medmm.serve")
 
 
 def hu_sample(hu: np.ndarray, hu_window: tuple[float, float] | None) -> np.ndarray:
-    """About ``SAMPLE_VALUES`` evenly strided HU values of a scan, clipped to the run's window."""
+    """About ``SAMPLE_VALUES`` evenly strided HU values of a scan, rounded to whole HU and clipped
+    to the run's window.
+
+    Rounded because CT stores whole HU (int16) and so does the training data: a float scan of the
+    same population (a resampled NIfTI) would otherwise spread the voxels piled on one integer —
+    air at -999, say, which can hold a fifth of a chest CT — across neighbouring quantile bins
+    and read as drift.
+    """
     flat = np.asarray(hu, dtype=np.float32).ravel()
-    values = flat[:: max(1, flat.size // SAMPLE_VALUES)]
+    values = np.rint(flat[:: max(1, flat.size // SAMPLE_VALUES)])
     return np.clip(values, *hu_window) if hu_window is not None else values
 
 
@@ -67,10 +75,25 @@ def quantile_bins(quantiles: dict[str, float], upper: float | None = None) -> tu
     return np.asarray(edges), expected
 
 
-def bin_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Share of ``values`` in each bin ``(edges[i-1], edges[i]]`` (plus the two open ends)."""
-    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
-    return counts / max(1, counts.sum())
+def bin_shares(values: np.ndarray, edges: np.ndarray, expected: np.ndarray | None = None) -> np.ndarray:
+    """Share of ``values`` in each bin ``(edges[i-1], edges[i]]`` (plus the two open ends).
+
+    Values within ``_EDGE_TOL`` HU of an edge count as *on* it: training-time quantiles come from
+    intensities mapped back to HU through float32, so a whole-HU value ``v`` reads ``v ± 1e-4``
+    there. With the reference's ``expected`` shares, the cumulative share at an edge that values
+    pile on (air clipped at the window's edge, a whole HU) is the reference's own level when that
+    lies between the shares below and up to the pile: quantiles fix the level but not the size of
+    a pile, so a pile is a shift only when the level cannot be reached inside it.
+    """
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    edges = np.asarray(edges, dtype=np.float64)
+    n = max(1, ordered.size)
+    upper = np.searchsorted(ordered, edges + _EDGE_TOL, side="right") / n
+    cumulative = upper
+    if expected is not None:
+        lower = np.searchsorted(ordered, edges - _EDGE_TOL, side="left") / n
+        cumulative = np.clip(np.cumsum(expected)[: len(edges)], lower, upper)
+    return np.diff(np.concatenate([[0.0], cumulative, [1.0]]))
 
 
 def psi(expected: Any, actual: Any) -> float:
@@ -211,7 +234,7 @@ class DriftMonitor:
         quantiles = (self.reference.get("input_hu") or {}).get("quantiles")
         if quantiles:
             edges, expected = quantile_bins(quantiles, self.hu_window[1] if self.hu_window else None)
-            values["input_hu"] = psi(expected, bin_shares(np.concatenate(self._samples), edges))
+            values["input_hu"] = psi(expected, bin_shares(np.concatenate(self._samples), edges, expected))
         for label, rate in (self.reference.get("val_positive_rate") or {}).items():
             seen = [p[label] for p in self._positives if label in p]
             if seen:

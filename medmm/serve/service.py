@@ -50,6 +50,8 @@ class Service:
         if self.tokens is None:
             log.warning("no tokens file: every endpoint except /healthz answers 401 (add one with "
                         "`medmm serve token add NAME --tokens-file F`)")
+        if purged := self.store.purge_uncommitted():
+            log.info("deleted %d uploads cut off by a restart (never accepted)", len(purged))
         for job_id in self.store.recover():
             self.pool.submit(job_id)
         self.pool.start()

@@ -134,6 +134,17 @@ class JobStore:
             self._db.execute("UPDATE jobs SET status='queued', started=NULL WHERE status='running'")
         return self.ids_with_status("queued")
 
+    def purge_uncommitted(self) -> list[str]:
+        """At start: delete spool folders without a job row (an upload cut off by a crash before its
+        202, so the client knows it was not accepted). A folder holding a received DICOM series
+        (``input/``) is left for the DICOM node, which re-queues it (its instances were acknowledged)."""
+        purged = []
+        for folder in self.spool.iterdir():
+            if folder.is_dir() and not (folder / "input").is_dir() and self.get(folder.name) is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                purged.append(folder.name)
+        return purged
+
     def purge_finished(self, older_than_s: float) -> list[str]:
         """Delete finished jobs (row, spool and results) older than ``older_than_s``; returns their ids."""
         cutoff = time.time() - older_than_s

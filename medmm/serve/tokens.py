@@ -3,7 +3,8 @@
 A token is 32 random bytes (``secrets.token_urlsafe``), shown once by ``medmm serve token add``.
 The file stores its SHA-256: the token has 256 bits of entropy, so a fast hash cannot be brute
 forced and a slow password KDF would only add latency to every request. The file is re-read when
-its modification time changes, so ``medmm serve token revoke`` takes effect without a restart.
+its modification time, inode or size changes, so ``medmm serve token revoke`` takes effect without
+a restart.
 
 >>> store = TokenStore(Path("tokens.json"))            # doctest: +SKIP
 >>> token = store.add("pacs-bridge", scopes=["jobs"])  # doctest: +SKIP
@@ -49,7 +50,7 @@ class TokenStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._mtime: float | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._tokens: list[Token] = []
 
     # ------------------------------------------------------------------ file
@@ -73,8 +74,12 @@ class TokenStore:
         doc = {"format": _FORMAT, "tokens": [
             {"name": t.name, "sha256": t.sha256, "scopes": list(t.scopes), "allow_phi": t.allow_phi,
              "created": t.created} for t in tokens]}
+        try:  # owner-only when new; a mode an admin widened (e.g. for a container's user) is kept
+            mode = self.path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            mode = 0o600  # hashes only, but nobody else needs to read them by default
         atomic_write_bytes(self.path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
-        os.chmod(self.path, 0o600)  # hashes only, but nobody else needs to read them
+        os.chmod(self.path, mode)
 
     def add(self, name: str, scopes: list[str] | tuple[str, ...] = SCOPES, allow_phi: bool = False) -> str:
         """Create a token called ``name``; returns the token (the only time it exists in clear).
@@ -108,13 +113,16 @@ class TokenStore:
 
     # ---------------------------------------------------------------- server
     def _current(self) -> list[Token]:
+        # the modification time alone can miss a rewrite within one clock tick of the file system
+        # (often milliseconds): every save is an atomic replace, so the inode and size change too
         try:
-            mtime = self.path.stat().st_mtime_ns
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
         except FileNotFoundError:
-            mtime = None
+            stamp = None
         with self._lock:
-            if mtime != self._mtime:
-                self._tokens, self._mtime = self.load(), mtime
+            if stamp != self._stamp:
+                self._tokens, self._stamp = self.load(), stamp
             return self._tokens
 
     def verify(self, presented: str | None) -> Token | None:

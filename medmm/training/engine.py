@@ -120,6 +120,15 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def _label_embeddings(cfg: WorkflowConfig, derived: Any) -> torch.Tensor | None:
+    """Initial knowledge queries of a fresh model (issue 20; None unless ``knowledge_queries``)."""
+    if derived.label_query_texts is None:
+        return None
+    from medmm.models.query_head import label_query_embeddings
+
+    return label_query_embeddings(derived.label_query_texts, cfg.network.text_encoder)
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -175,8 +184,10 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         self.ontology = load_ontology(cfg.ontology.path, labels=self.labels)
         self.constraints = self.ontology.constraints(self.labels).to(self.device)
         self._resolve_report_length(splits["train"])
-        self.derived = derive_network(cfg.network, cfg.preprocessing, [c.report or "" for c in splits["train"]])
-        self.model = MedMM(cfg.network, self.labels, self.derived).to(self.device)
+        self.derived = derive_network(cfg.network, cfg.preprocessing, [c.report or "" for c in splits["train"]],
+                                      ontology=self.ontology, labels=self.labels)
+        self.model = MedMM(cfg.network, self.labels, self.derived, _label_embeddings(cfg, self.derived)).to(self.device)
+        self._init_image_encoder()  # issue 19: pretrained encoder weights + load report
         distributed.broadcast_parameters(self.model, self.dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.reference = reference_profile(self.train_base, label_matrix(splits["val"], self.labels), self.labels,
@@ -193,6 +204,25 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.model.cache_fixed_inputs(True)  # the same un-augmented images recur every epoch
+
+    #: False for trainers started from given weights (`medmm.deploy.finetuning`): the pretrained
+    #: file named in a run's workflow is then neither read nor needed.
+    loads_pretrained_encoder = True
+
+    def _init_image_encoder(self) -> None:
+        """Load ``network.image_encoder.pretrained`` (a fresh run only: a resumed one has its own
+        weights) and write the load report to the run dir (`medmm.models.encoder_weights`)."""
+        from medmm.models import encoder_weights
+
+        enc = self.cfg.network.image_encoder
+        self.encoder_weights = encoder_weights.read_record(self.run_dir) if self.resume else None
+        if enc.pretrained is None or self.resume or not self.loads_pretrained_encoder:
+            return
+        report = encoder_weights.load_encoder_weights(self.model.image_encoder.backbone, enc.pretrained, enc.name)
+        self.encoder_weights = report.record()
+        if self.writes:
+            encoder_weights.write_report(report, self.run_dir)
+        self._echo(report.summary())
 
     def _resolve_report_length(self, train_cases: list[Any]) -> None:
         """Report length limits from the training reports (``medmm.models.report_length``)."""

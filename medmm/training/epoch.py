@@ -17,7 +17,7 @@ import torch
 from medmm.models.adversarial import perturb
 from medmm.models.fusion import fusion_texts
 from medmm.training import distributed
-from medmm.training.losses import masked_bce
+from medmm.training.losses import hierarchy_bce, masked_bce
 
 
 class TrainEpoch:
@@ -80,8 +80,14 @@ class TrainEpoch:
             if adversarial:
                 x = self._adversarial(x, y, mask, text_emb)
             pooled, tokens = model.embed(model.feature_map(x))
-            logits = model.classify(pooled, text_emb, tokens).float()
-            bce = masked_bce(logits, y, mask, self.pos_weight)
+            if getattr(model, "hierarchy", None) is None:
+                logits = model.classify(pooled, text_emb, tokens).float()
+                bce = masked_bce(logits, y, mask, self.pos_weight)
+            else:  # issue 20: C-HMCNN MCLoss over findings + ontology groups (raw outputs, then MCM)
+                raw = model.fusion(pooled, text_emb, tokens).float()
+                logits = model.constrain(raw)[:, : len(model.labels)]
+                bce = hierarchy_bce(raw, y, mask, self.pos_weight, model.hierarchy, model.hierarchy_matrix,
+                                    cfg.network.hierarchy.group_weight)
             kr = knowledge_loss(torch.sigmoid(logits), self.constraints, cfg.ontology.kr_form)
             loss = bce + cfg.ontology.kr_weight * kr
             lm = torch.zeros((), device=self.device)

@@ -2,6 +2,9 @@
 
 ``total = BCE(masked) + loss.kr_weight * knowledge_loss(sigmoid(logits)) + loss.lm_weight * LM``
 
+With ``network.hierarchy`` the BCE is C-HMCNN's MCLoss over findings and ontology groups
+(:func:`hierarchy_bce`, `medmm.knowledge.hierarchy`).
+
 The BCE ignores unknown labels (``-1`` in the manifest) and, for the label-efficiency ablation,
 entries hidden by ``training.label_fraction``; the KR loss applies to every case, which is how the
 ontology can teach labels the BCE never sees.
@@ -72,3 +75,25 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor |
         pos_weight=None if pos_weight is None else pos_weight.to(logits.device), reduction="none")
     weights = keep.float()
     return (per_entry * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def hierarchy_bce(raw_logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None,
+                  pos_weight: torch.Tensor | None, hierarchy, matrix: torch.Tensor,
+                  group_weight: float = 1.0) -> torch.Tensor:
+    """MCLoss over findings + groups: the visible finding labels (``mask``) are closed up the
+    hierarchy (`Hierarchy.extend_targets`), group terms weighted by ``group_weight``.
+
+    Args:
+        raw_logits: ``[B, L + G]`` head outputs before the max-constraint.
+        targets: ``[B, L]`` finding labels (1, 0, -1 unknown); mask: visible entries or None.
+        pos_weight: ``[L]`` finding positive weights (groups get 1) or None.
+    """
+    from medmm.knowledge.hierarchy import max_constraint_loss
+
+    visible = targets if mask is None else targets.masked_fill(~mask.to(targets.device).bool(), -1)
+    full = hierarchy.extend_targets(visible)
+    n_labels, n_groups = targets.shape[1], len(hierarchy.groups)
+    if pos_weight is not None:
+        pos_weight = torch.cat([pos_weight.to(raw_logits.device), torch.ones(n_groups, device=raw_logits.device)])
+    column_weight = torch.cat([torch.ones(n_labels), torch.full((n_groups,), float(group_weight))])
+    return max_constraint_loss(raw_logits, full, matrix, pos_weight, column_weight.to(raw_logits.device))

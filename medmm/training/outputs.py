@@ -14,7 +14,7 @@ class RunOutputs:
 
     def _meta(self, progress: Mapping[str, Any]) -> Any:
         return rundir.run_meta(self.cfg, self.run_dir, self.derived, self.ontology, self.splits, progress,
-                               self.reference)
+                               self.reference, encoder_weights=getattr(self, "encoder_weights", None))
 
     def _save_checkpoints(self, progress: Mapping[str, Any], improved: bool) -> None:
         from medmm.models import save_checkpoint

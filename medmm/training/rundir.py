@@ -168,8 +168,12 @@ def _jsonable(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- metadata, table
 def run_meta(cfg: Any, run_dir: Path, derived: Any, ontology: Any, splits: Mapping[str, list[Any]],
-             progress: Mapping[str, Any], reference: Any = None) -> Any:
-    """The run's `medmm.models.RunMeta` (``save_checkpoint`` adds text-encoder record and versions)."""
+             progress: Mapping[str, Any], reference: Any = None,
+             encoder_weights: Mapping[str, Any] | None = None) -> Any:
+    """The run's `medmm.models.RunMeta` (``save_checkpoint`` adds text-encoder record and versions).
+
+    ``encoder_weights``: the pretrained image-encoder load record (`medmm.models.encoder_weights`),
+    kept in the ``trained`` history entry as ``pretrained_image_encoder``."""
     from medmm.models.run_meta import RunMeta
 
     best = progress.get("best") or {}
@@ -193,7 +197,8 @@ def run_meta(cfg: Any, run_dir: Path, derived: Any, ontology: Any, splits: Mappi
         best_epoch=best.get("epoch"),
         last_epoch=progress.get("epoch"),
         metrics=best.get("metrics", {}),
-        model_history=[{"action": "trained", "details": {"epochs": progress.get("epoch")}}],
+        model_history=[{"action": "trained", "details": {"epochs": progress.get("epoch"), **(
+            {"pretrained_image_encoder": dict(encoder_weights)} if encoder_weights else {})}}],
         reference=reference,
     )
 

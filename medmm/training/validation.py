@@ -27,11 +27,13 @@ def predict(model: Any, loader: Any, device: torch.device, use_generated_report:
 
     Returns:
         ``{"probs": [N, L] float64, "labels": [N, L] (1/0/-1), "logits": [N, L], "case_ids": [...],
-        "reports": [...]}`` in loader order. The items' ``report`` field is never read.
+        "reports": [...], "raw_probs": [N, L]}`` in loader order; ``raw_probs`` are the finding
+        probabilities before the hierarchy's max-constraint (= ``probs`` without one). The items'
+        ``report`` field is never read.
     """
     was_training = model.training
     model.eval()
-    probs, labels, logits_all, case_ids, generated = [], [], [], [], []
+    probs, labels, logits_all, case_ids, generated, raw_probs = [], [], [], [], [], []
     for batch in loader:
         x = batch["image"].to(device)
         with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
@@ -41,13 +43,15 @@ def predict(model: Any, loader: Any, device: torch.device, use_generated_report:
             logits, reports = out.logits.float(), out.reports
         logits_all.append(logits.cpu())
         probs.append(torch.sigmoid(logits).cpu())
+        raw = logits if out.raw_logits is None else out.raw_logits[:, : logits.shape[1]].float()
+        raw_probs.append(torch.sigmoid(raw).cpu())
         labels.append(batch["label"].cpu())
         case_ids += list(batch["case_id"])
         generated += list(reports)
     model.train(was_training)
     cat = (lambda xs: torch.cat(xs).double().numpy()) if probs else (lambda xs: np.zeros((0, 0)))
     return {"probs": cat(probs), "labels": cat(labels), "logits": cat(logits_all), "case_ids": case_ids,
-            "reports": generated}
+            "reports": generated, "raw_probs": cat(raw_probs)}
 
 
 def per_label_auroc(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:

@@ -106,3 +106,22 @@ def run_main(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
     return info.value.code, capsys.readouterr().err
+
+
+def test_protocol_ctrate_adds_the_ct_rate_metrics(toy_run, toy_world, tmp_path):
+    """Issue 19: `--protocol ctrate` reports the CT-RATE papers' metrics next to medmm's own."""
+    runner = CliRunner()
+    res = runner.invoke(cli, ["evaluate", str(toy_run), "--data", str(toy_world["manifest"]), "--out",
+                              str(tmp_path / "e"), "--n-bootstrap", "20", "--protocol", "ctrate"])
+    assert res.exit_code == 0, res.output
+    assert "CT-RATE protocol" in res.output and "macro (" in res.output
+    data = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    ct = data["ctrate"]
+    assert "linspace(0, 1, 100)" in data["protocol"]["ctrate"]
+    by_name = {r["finding"]: r for r in data["classification"]["per_finding"]}
+    for row in ct["per_finding"]:  # one AUROC helper: the same per-finding AUROC as the main table
+        assert row["auroc"] == pytest.approx(by_name[row["finding"]]["auroc"], nan_ok=True)
+        assert row["threshold"] is None or 0.0 <= row["threshold"] <= 1.0
+    assert {"auroc", "f1_weighted", "accuracy", "precision", "recall"} <= set(ct["macro"])
+    plain = medmm.evaluate(toy_run, toy_world["manifest"], n_bootstrap=20)
+    assert "ctrate" not in plain and "ctrate" not in plain["protocol"]

@@ -41,6 +41,10 @@ def test_backbone_feature_map_and_embedding_shapes(name, channels):
         # densenet: 8 -> +4 -> /2 -> 6 -> +4 -> /2 -> 5 -> +4 -> /2 -> 4 -> +4 = 8
         ({"name": "densenet121", "widths": [8, 4], "depth": [1, 1, 1, 1]}, 8),
         ({"name": "seresnet50", "widths": [16], "depth": [1, 1, 1, 1]}, 2048),
+        # issue 19 (pretrained CT weights): Swin-ViT = 16 x feature_size; SegResNet(DS) = init x 2^(levels-1)
+        ({"name": "swin_vit", "widths": [12], "depth": [1, 1, 1, 1]}, 192),
+        ({"name": "segresnet", "widths": [8], "depth": [1, 1, 1]}, 32),
+        ({"name": "segresnet_ds", "widths": [4], "depth": [1, 1, 1, 1]}, 32),
     ],
 )
 def test_widths_and_depth_are_configurable(cfg, channels):

@@ -13,7 +13,7 @@ from serving import nifti_bytes, phi_series, start_server, wait_for, zip_bytes
 
 pytestmark = pytest.mark.slow
 LIMITS = {"limits": {"max_body_bytes": 1_000_000, "max_archive_members": 200, "rate_per_minute": 600,
-                     "rate_burst": 20}}
+                     "rate_burst": 20}, "drift": {"min_samples": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +158,26 @@ def test_metrics_and_docs(client, server, finished_job):
                  "medmm_inflight_jobs", "medmm_model_info", "medmm_jobs_total", "medmm_ready 1.0"):
         assert name in text, name
     assert 'stage="model"' in text and 'endpoint="/v1/jobs/{job_id}"' in text
-    assert client.get("/docs").status_code == 200
-    spec = client.get("/openapi.json").json()
+    assert client.get("/docs").status_code == 401 and client.get("/openapi.json").status_code == 401
+    assert client.get("/docs", headers=server.headers()).status_code == 200
+    spec = client.get("/openapi.json", headers=server.headers()).json()
     assert {"/v1/jobs", "/v1/predict", "/v1/jobs/{job_id}", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+
+
+def test_drift_psi_exported_per_finding_and_input(client, server, inputs):
+    """After min_samples (2) diagnosed scans the PSI gauges against the run's training-time reference exist."""
+    import re
+
+    for _ in range(2):
+        job = client.post("/v1/jobs", content=inputs["nifti"], headers=server.headers()).json()["job_id"]
+        assert _finish(client, server, job)["status"] == "done"
+    labels = client.get(f"/v1/jobs/{job}/result.json", headers=server.headers()).json()["model"]["labels"]
+    text = client.get("/metrics").text
+    psi = dict(re.findall(r'^medmm_drift_psi\{feature="([^"]+)"\} (\S+)$', text, re.M))
+    assert set(psi) == {"input_hu", *labels}
+    assert all(float(v) >= 0 for v in psi.values())
+    assert re.search(r"^medmm_drift_alert [01]\.0$", text, re.M)
+    assert float(re.search(r"^medmm_drift_samples (\S+)$", text, re.M).group(1)) >= 2
 
 
 def test_audit_log_records_jobs(server, finished_job):

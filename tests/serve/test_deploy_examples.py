@@ -48,3 +48,42 @@ def test_example_serve_yaml_is_valid():
     assert cfg.dicom.port == 11112 and cfg.dicom.allow_ae == ["ORTHANC"]
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     assert {"orthanc", "medmm", "prometheus"} <= set(compose["services"])
+
+
+def test_dockerfile_and_compose_agree_with_the_cli_and_serve_yaml():
+    """The image's entrypoint parses with the real CLI; ports, paths and peers line up across the
+    Dockerfile, docker-compose.yml, prometheus.yml and serve.yaml (no Docker needed)."""
+    from medmm.cli.serve import serve
+    from medmm.serve.config import load_serve_config, parse_peer
+
+    repo = DEPLOY.parents[1]
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M).group(1))
+    assert entry[:2] == ["medmm", "serve"]
+    ctx = serve.make_context("serve", entry[2:])  # unknown options would raise here
+    config_path = ctx.params["config"]
+    copies = dict((dst, src) for src, dst in re.findall(r"^COPY (\S+) (\S+)$", dockerfile, re.M))
+    assert copies[str(config_path)] == "examples/deploy/serve.yaml"
+    for src in copies.values():
+        assert (repo / src).exists(), f"Dockerfile copies missing {src}"
+    cfg = load_serve_config(DEPLOY / "serve.yaml")
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.*)$", dockerfile, re.M).group(1).split()}
+    assert {cfg.port, cfg.dicom.port} <= exposed
+    assert f"127.0.0.1:{cfg.port}/healthz" in dockerfile
+
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in compose["medmm"]["volumes"]}
+    assert mounts[str(cfg.model)] == "./models/run"
+    assert str(cfg.state_dir) in mounts
+    assert str(cfg.tokens_file.parent) in mounts, "mount the tokens folder (a file mount misses revocations)"
+    assert f"127.0.0.1:{cfg.port}:{cfg.port}" in compose["medmm"]["ports"]
+    modalities = json.loads(compose["orthanc"]["environment"]["ORTHANC__DICOM_MODALITIES"])
+    ae, host, port = modalities["medmm"]
+    assert (ae, host, port) == (cfg.dicom.ae_title, "medmm", cfg.dicom.port)
+    peer_ae, peer_host, peer_port = parse_peer(cfg.dicom.send_to)
+    assert (peer_ae, peer_host, peer_port) == (compose["orthanc"]["environment"]["ORTHANC__DICOM_AET"], "orthanc",
+                                               4242)
+    assert peer_ae in cfg.dicom.allow_ae
+    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == [f"medmm:{cfg.port}"]
+    assert cfg.metrics_public or "authorization" in prom["scrape_configs"][0]

@@ -3,6 +3,7 @@ the series is still diagnosed, the failed SR delivery is logged (no PHI), counte
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -42,6 +43,12 @@ def test_send_failure_is_counted_and_audited(trained_run, tmp_path, make_tokens)
         (sent,) = [r for r in audit if r["event"] == "sr_sent"]
         assert sent["outcome"] == "send_failed" and sent["error"]
         assert any(r["event"] == "job" and r["outcome"] == "done" and r["source"] == "dicom" for r in audit)
+        (accepted,) = [r for r in audit if r["event"] == "accepted"]
+        digest = hashlib.sha256()
+        for f in sorted((srv.state_dir / "spool" / accepted["job_id"] / "input").glob("*.dcm")):
+            digest.update(f.read_bytes())
+        assert accepted["input_sha256"] == digest.hexdigest()  # the content, not the file names
+        assert accepted["token"] == "dicom:SCANNER"  # who sent it: the calling AE title
         assert "SR not sent" in srv.log()
         for text in (srv.log(), metrics, json.dumps(audit)):
             assert not any(s in text for s in SENTINELS)

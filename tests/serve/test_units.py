@@ -52,6 +52,21 @@ def test_token_names_and_scopes_validated(tmp_path):
         TokenStore(tmp_path / "bad.json").load()
 
 
+def test_token_file_mode_widened_by_an_admin_is_kept(tmp_path):
+    """A deployment may make the hash file readable for a container's user; add/revoke must not undo it."""
+    import os
+
+    from medmm.serve.tokens import TokenStore
+
+    store = TokenStore(tmp_path / "t.json")
+    store.add("a")
+    assert (store.path.stat().st_mode & 0o777) == 0o600
+    os.chmod(store.path, 0o644)
+    store.add("b")
+    store.revoke("a")
+    assert (store.path.stat().st_mode & 0o777) == 0o644 and [t.name for t in store.load()] == ["b"]
+
+
 def test_verify_checks_every_hash(tmp_path, monkeypatch):
     """Constant time in the number of matches: compare_digest runs against all stored hashes."""
     import hmac
@@ -103,6 +118,31 @@ def test_quantile_bins_merge_values_piled_at_the_window_edge():
     scan = np.concatenate([np.full(2500, -1024.0), np.linspace(-990, -210, 2500), np.linspace(-190, 390, 4900),
                            np.full(100, 1500.0)])
     assert psi(expected, bin_shares(hu_sample(scan, (-1000, 400)), edges)) < 0.01
+
+
+def test_float_scans_of_the_training_population_do_not_read_as_drift():
+    """Training data is whole HU (int16) and its reference quantiles went through the float32
+    intensity round trip; float scans of the same population (a resampled NIfTI) must not alert."""
+    from medmm.data.synth.generator import render_case
+    from medmm.serve.drift import bin_shares, hu_sample, psi, quantile_bins
+
+    window = (-1000.0, 3000.0)
+    scans = [render_case(910_000 + i, size=32)[0] for i in range(4)]
+    stored = [np.rint(hu).astype(np.int16) for hu in scans]
+    # as training does: intensity = (clip(HU) - lo) / (hi - lo) in float32, mapped back to HU in float64
+    intensity = [((np.clip(s, *window) - window[0]) / (window[1] - window[0])).astype(np.float32) for s in stored]
+    ref_hu = np.concatenate([window[0] + i.ravel()[::7].astype(np.float64) * (window[1] - window[0])
+                             for i in intensity])
+    edges, expected = quantile_bins({f"{q:g}": float(np.quantile(ref_hu, q))
+                                     for q in (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)}, window[1])
+    for served in (stored, scans):  # int16 as stored, and the float volumes
+        sample = np.concatenate([hu_sample(s, window) for s in served])
+        assert psi(expected, bin_shares(sample, edges, expected)) < 0.05
+    # a real shift still shows: the same scans 150 HU denser, and with a thinner layer of air
+    denser = np.concatenate([hu_sample(s + 150.0, window) for s in scans])
+    assert psi(expected, bin_shares(denser, edges, expected)) > 0.25
+    less_air = np.concatenate([hu_sample(np.where(s < -990, -900.0, s), window) for s in scans])
+    assert psi(expected, bin_shares(less_air, edges, expected)) > 0.25
 
 
 def test_drift_monitor_sets_alert_gauge():
@@ -222,6 +262,32 @@ def test_store_recover_and_purge(tmp_path):
     assert store.get(ids[1]) is None and not store.job_dir(ids[1]).exists()
 
 
+def test_uncommitted_uploads_purged_and_orphaned_dicom_series_requeued(tmp_path):
+    """After a crash: an upload without a row (never got its 202) is deleted; a DICOM series moved
+    into a job folder whose row was never committed goes back to incoming (it was acknowledged)."""
+    from medmm.serve.config import load_serve_config
+    from medmm.serve.dicom_node import DicomNode
+    from medmm.serve.service import Service
+
+    cfg = load_serve_config(None, {"state_dir": tmp_path / "state", "dicom.port": 11112, "dicom.allow_ae": ["PACS"]})
+    service = Service(cfg)
+    store = service.store
+    committed, upload, series = store.new_id(), store.new_id(), store.new_id()
+    (store.job_dir(committed)).mkdir(parents=True)
+    (store.job_dir(committed) / "input.nii").write_bytes(b"x")
+    store.add(committed, "http", "nifti", "input.nii")
+    store.job_dir(upload).mkdir()
+    (store.job_dir(upload) / "upload.part").write_bytes(b"half")
+    (store.job_dir(series) / "input").mkdir(parents=True)
+    (store.job_dir(series) / "input" / "a.dcm").write_bytes(b"dicom")
+    assert store.purge_uncommitted() == [upload]
+    assert store.job_dir(committed).is_dir() and store.job_dir(series).is_dir()
+    node = DicomNode(service)  # adopts the orphan: no network until start()
+    assert (node.incoming / series / "a.dcm").read_bytes() == b"dicom" and not store.job_dir(series).exists()
+    assert series in node._last_seen
+    store.close()
+
+
 # ---------------------------------------------------------------- app without a model loaded
 def _app(tmp_path, **overrides):
     from fastapi.testclient import TestClient
@@ -298,3 +364,20 @@ def test_jobs_refused_with_503_when_the_model_failed_to_load(tmp_path):
             time.sleep(0.05)
         r = running.post("/v1/jobs", content=b"x", headers=auth)
         assert r.status_code == 503 and r.json()["error"].startswith("model not loaded: ")
+
+
+def test_queue_full_is_429_with_retry_after(tmp_path):
+    """No worker runs (lifespan not started), so accepted jobs stay queued until the queue is full."""
+    import nibabel as nib
+
+    from medmm.serve.tokens import TokenStore
+
+    client, _ = _app(tmp_path, **{"limits.max_queue": 2, "limits.rate_burst": 10_000})
+    auth = {"Authorization": f"Bearer {TokenStore(tmp_path / 'tokens.json').add('both', ['jobs', 'predict'])}"}
+    body = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)).to_bytes()
+    assert [client.post("/v1/jobs", content=body, headers=auth).status_code for _ in range(2)] == [202, 202]
+    for path in ("/v1/jobs", "/v1/predict"):
+        r = client.post(path, content=body, headers=auth)
+        assert r.status_code == 429 and "queue" in r.json()["error"], r.text
+        assert int(r.headers["Retry-After"]) >= 1
+    assert len(list((tmp_path / "state" / "spool").iterdir())) == 2  # refused uploads left nothing behind
