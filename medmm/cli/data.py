@@ -118,3 +118,45 @@ def label(data_path: Path, text_column: str, labeler_spec: str, out: Path) -> No
     counts = ", ".join(f"{lab} {sum(r[lab] == 1 for r in rows)}" for lab in labeler.labels)
     click.echo(f"labelled {len(rows)} reports with {labeler_spec}: {counts}")
     click.echo(f"wrote {out}")
+
+
+@data.command("prepare")
+@click.argument("workflow", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a workflow value, e.g. --set training.cache_dir=/data/cache (repeatable; values are YAML).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1, max=256),
+              help="Worker processes (one core each).")
+@click.option("--shard", "shard_text", default="1/1", show_default=True, metavar="I/N",
+              help="Prepare only shard I of N (1-based; every N-th case by case id), e.g. one per machine.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def prepare(workflow: str, overrides: tuple[str, ...], workers: int, shard_text: str, quiet: bool) -> None:
+    """Preprocess every case of WORKFLOW once into training.cache_dir, which training then reads.
+
+    Resumable (valid entries are skipped; rerun after a kill), shardable across machines, and an
+    unreadable case is listed with its reason instead of stopping the run.
+    """
+    from tqdm import tqdm
+
+    from medmm.config import load_workflow
+    from medmm.data.dataset import load_cases
+    from medmm.data.prepare import parse_shard, prepare_cases
+    from medmm.errors import MedmmConfigError
+
+    shard = parse_shard(shard_text)
+    cfg = load_workflow(workflow, list(overrides))
+    if cfg.training.cache_dir is None:
+        raise MedmmConfigError(f"{workflow}: training.cache_dir",
+                               "not set; give the folder training will read, e.g. --set training.cache_dir=/data/cache")
+    cases = load_cases(cfg.data, check_files=False)
+    failed = 0
+    with tqdm(total=-(-(len(cases) - shard[0] + 1) // shard[1]), desc="preparing", unit="case",
+              disable=quiet) as bar:
+        def tick(outcome) -> None:
+            nonlocal failed
+            failed += outcome.status == "failed"
+            bar.set_postfix(failed=failed, refresh=False)
+            bar.update()
+
+        summary = prepare_cases(cases, cfg.preprocessing, cfg.training.cache_dir, workers=workers, shard=shard,
+                                progress=tick)
+    click.echo("\n".join(summary.lines()))

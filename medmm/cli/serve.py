@@ -28,9 +28,16 @@ _PATH = click.Path(path_type=Path)
 @click.option("--allow-ae", multiple=True, help="Calling AE title allowed to send (repeatable).")
 @click.option("--send-to", default=None, help="AE@host:port that receives the DICOM SR.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+# --ray: the same app on autoscaled Ray Serve replicas (medmm/serve/ray_serve.py, docs/scale.md)
+@click.option("--ray", "use_ray", is_flag=True, help="Serve on Ray Serve replicas (medmm[ray]), autoscaled.")
+@click.option("--min-replicas", type=click.IntRange(min=1), default=1, show_default=True, help="With --ray.")
+@click.option("--max-replicas", type=click.IntRange(min=1), default=1, show_default=True, help="With --ray.")
+@click.option("--gpus-per-replica", type=click.FloatRange(min=0), default=0.0, show_default=True, help="With --ray.")
+@click.option("--address", default=None, help="With --ray: 'auto' joins a running cluster (default: a local one).")
 @click.pass_context
 def serve(ctx: click.Context, model, config, host, port, state_dir, tokens_file, device, ssl_certfile, ssl_keyfile,
-          dicom_port, ae_title, allow_ae, send_to, log_level) -> None:
+          dicom_port, ae_title, allow_ae, send_to, log_level, use_ray, min_replicas, max_replicas, gpus_per_replica,
+          address) -> None:
     """Serve a trained model over HTTP (and DICOM with --dicom-port) until Ctrl-C."""
     if ctx.invoked_subcommand is not None:
         return
@@ -55,6 +62,11 @@ def serve(ctx: click.Context, model, config, host, port, state_dir, tokens_file,
             raise MedmmInputError(value, f"--{key.replace('_', '-')} does not exist")
     if (cfg.ssl_certfile is None) != (cfg.ssl_keyfile is None):
         raise MedmmConfigError("--ssl-certfile/--ssl-keyfile", "give both or neither")
+    if use_ray:
+        from medmm.serve.ray_serve import ReplicaSettings, run_ray_server
+
+        return run_ray_server(cfg, ReplicaSettings(address, min_replicas, max_replicas,
+                                                   gpus_per_replica=gpus_per_replica))
     from medmm.serve.server import run_server
 
     run_server(cfg, log_level=log_level)

@@ -1,9 +1,11 @@
 """Cached MONAI datasets over `Case` records for training and validation.
 
 The deterministic part of preprocessing (load, orient, resample, window, crop, fit) runs once and
-is cached — in memory (``CacheDataset``) or on disk (``PersistentDataset``, read back with
-``torch.load(weights_only=True)``) — and only the random augmentation runs every epoch, so data
-loading stays a small share of step time after the first epoch.
+is cached — in memory (``CacheDataset``) or on disk (`medmm.data.cache.PreparedCache`, one
+safetensors file per case, filled ahead of training by ``medmm data prepare`` or on first use) —
+and only the random augmentation runs every epoch, so data loading stays a small share of step
+time after the first epoch. Whatever the cache mode, a valid prepared entry in ``cache_dir`` is
+read instead of preprocessing the case again.
 
 Items are dicts: ``image`` ``[1, X, Y, Z]`` float32, ``label`` ``[L]`` float (1/0/-1 unknown),
 ``index`` (position in the split, for fixed per-case masks), ``case_id``, ``indication``
@@ -12,8 +14,6 @@ Items are dicts: ``image`` ``[1, X, Y, Z]`` float32, ``label`` ``[L]`` float (1/
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from monai.transforms import MapTransform
 
+from medmm.data.cache import PreparedCache, preprocessing_key  # noqa: F401  (preprocessing_key re-exported)
 from medmm.data.case import SPLITS
 from medmm.data.transforms import (
     PreprocessingConfig,
@@ -47,10 +48,14 @@ class LoadVolumed(MapTransform):
         return out
 
 
-def load_cases(data: Any) -> list[Any]:
+def load_cases(data: Any, check_files: bool = True) -> list[Any]:
     """Cases of the workflow's data source (``WorkflowConfig.data``), with labels in ``data.labels``.
 
     ``synthetic`` phantoms are generated into ``cache_dir`` on first use and reused afterwards.
+    CT-RATE's ``train_*`` volumes are left unassigned so ``val_fraction`` carves a patient-level
+    validation split out of them (the release has no validation split; ``valid_*`` is its test set).
+    ``check_files=False`` lists cases whose image is missing instead of refusing the whole list
+    (``medmm data prepare`` reports them per case).
     """
     from medmm.data.manifest import read_manifest
 
@@ -62,11 +67,12 @@ def load_cases(data: Any) -> list[Any]:
                                     counterfactuals=s.counterfactuals, workers=s.workers)
         return read_manifest(manifest, labels=data.labels)
     if data.source == "manifest":
-        return read_manifest(Path(data.manifest.path).expanduser(), labels=data.labels)
+        return read_manifest(Path(data.manifest.path).expanduser(), labels=data.labels, check_files=check_files)
     from medmm.data.ctrate import read_ctrate
 
     c = data.ctrate
-    return read_ctrate(c.volumes_dir, c.labels_csv, c.reports_csv, labels=data.labels)
+    return read_ctrate(c.volumes_dir, c.labels_csv, c.reports_csv, labels=data.labels,
+                       split_map={"train": None, "valid": "test"}, missing="error" if check_files else "skip")
 
 
 def split_cases(cases: Sequence[Any], val_fraction: float = 0.2, test_fraction: float = 0.0,
@@ -117,10 +123,32 @@ def label_matrix(cases: Sequence[Any], labels: Sequence[str]) -> torch.Tensor:
     return torch.stack([item["label"] for item in case_items(cases, labels)])
 
 
-def preprocessing_key(cfg: PreprocessingConfig) -> str:
-    """Short hash of the deterministic preprocessing (names the on-disk cache folder)."""
-    settings = cfg.model_dump(mode="json", exclude={"augmentation", "fit_at_inference"})
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+class PreparedImaged(MapTransform):
+    """Path in ``data["image"]`` -> preprocessed image, read from a `PreparedCache` when it has it.
+
+    On a miss the case is loaded and preprocessed (`LoadVolumed` + the deterministic transforms,
+    fitted to ``roi_size``) and, when ``write``, stored in the cache for the next reader.
+    """
+
+    def __init__(self, cfg: PreprocessingConfig, cache: PreparedCache | None = None, write: bool = False,
+                 keys: str = "image"):
+        from monai.transforms import Compose
+
+        super().__init__(keys)
+        self.cache, self.write = cache, write
+        self.pipeline = Compose([LoadVolumed(keys), *deterministic_transforms(cfg, fit_roi=True, keys=keys)])
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        key = self.keys[0]
+        source = data[key]
+        if self.cache is not None:
+            hit = self.cache.load(source)
+            if hit is not None:
+                return {**data, key: hit}
+        out = self.pipeline(dict(data))
+        if self.cache is not None and self.write:
+            self.cache.store(source, out[key])
+        return out
 
 
 def build_dataset(
@@ -141,8 +169,10 @@ def build_dataset(
         labels: label order of the ``label`` vectors.
         cfg: preprocessing; images are fitted to ``cfg.roi_size``.
         train: add random augmentation on top of the cached deterministic images.
-        cache: ``memory`` (CacheDataset), ``disk`` (PersistentDataset in ``cache_dir``) or ``none``.
-        cache_dir: folder for ``disk`` caching (a sub-folder per preprocessing hash is used).
+        cache: ``memory`` (CacheDataset), ``disk`` (entries written to ``cache_dir`` on first use) or
+            ``none``.
+        cache_dir: the prepared cache (a sub-folder per preprocessing hash); read in every mode when
+            given, written only in ``disk`` mode.
         seed: seeds the augmentation (re-seed per epoch with ``reseed``).
         num_workers: threads used to fill the in-memory cache.
         progress: show MONAI's cache-filling progress bar.
@@ -150,21 +180,17 @@ def build_dataset(
     Returns:
         A ``monai.data.Dataset`` whose items are described in the module docstring.
     """
-    from monai.data import CacheDataset, Dataset, PersistentDataset
-    from monai.transforms import Compose
+    from monai.data import CacheDataset, Dataset
 
     items = case_items(cases, labels)
-    base_transform = Compose([LoadVolumed("image"), *deterministic_transforms(cfg, fit_roi=True)])
+    if cache == "disk" and cache_dir is None:
+        raise ValueError("cache='disk' needs a cache_dir")
+    prepared = PreparedCache(cache_dir, cfg) if cache_dir is not None else None
+    base_transform = PreparedImaged(cfg, prepared, write=cache == "disk")
     if cache == "memory":
         # copy_cache=False is safe: nothing after the cache modifies tensors in place.
         base = CacheDataset(items, transform=base_transform, num_workers=max(1, num_workers), progress=progress,
                             copy_cache=False)
-    elif cache == "disk":
-        if cache_dir is None:
-            raise ValueError("cache='disk' needs a cache_dir")
-        folder = Path(cache_dir).expanduser() / preprocessing_key(cfg)
-        folder.mkdir(parents=True, exist_ok=True)
-        base = PersistentDataset(items, transform=base_transform, cache_dir=folder)
     else:
         base = Dataset(items, transform=base_transform)
     return augmented(base, cfg, seed) if train else base

@@ -38,6 +38,14 @@ class BatchSummary:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
+    def record(self, name: str, reason: str | None, echo: Callable[[str], None] = print) -> None:
+        """Count scan ``name`` as done (``reason`` None) or failed (echoing its one-line reason)."""
+        if reason is None:
+            self.done.append(name)
+            return
+        self.failed.append((name, reason))
+        echo(f"failed {name}: {reason}")
+
     def lines(self) -> list[str]:
         """Human summary: totals, then one line per failure."""
         head = f"{len(self.done)} done, {len(self.skipped)} skipped (already finished), {len(self.failed)} failed"
@@ -128,29 +136,34 @@ def run_batch(
     """
     from tqdm.auto import tqdm
 
-    from medmm.inference.writers.outfolder import check_sr_input
-
     out_root = Path(out_root)
-    options = dict(writer_options or {})
     summary = BatchSummary()
     for job in tqdm(jobs, desc="medmm infer", unit="scan", disable=not progress):
         out_dir = out_root / job.name
         if is_finished(out_dir, predictor.model_id):
             summary.skipped.append(job.name)
             continue
-        try:
-            check_sr_input(job.path, bool(options.get("dicom_sr")))  # before inference, not after
-            result = predictor.predict(job.path, indication=job.indication, series=job.series, force=force)
-            write_outputs(result, out_dir, input_path=job.path, **options)
-        except MedmmError as err:
-            reason = str(getattr(err, "reason", err))
-            summary.failed.append((job.name, reason))
-            echo(f"failed {job.name}: {reason}")
-            continue
-        except Exception as err:  # a bad scan must not stop the batch; name the error type
-            reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-            summary.failed.append((job.name, reason))
-            echo(f"failed {job.name}: {reason}")
-            continue
-        summary.done.append(job.name)
+        summary.record(job.name, diagnose_job(predictor, job, out_dir, writer_options, force), echo)
     return summary
+
+
+def diagnose_job(
+    predictor: Any, job: ScanJob, out_dir: str | Path, writer_options: dict[str, Any] | None = None, force: bool = False
+) -> str | None:
+    """Diagnose one scan into ``out_dir``: None when its outputs are written, else the one-line reason.
+
+    The one per-case step of every batch mode (this process, or a Ray worker in ``medmm.scale``):
+    any error of one scan becomes its reason, never an exception that would stop the batch.
+    """
+    from medmm.inference.writers.outfolder import check_sr_input
+
+    options = dict(writer_options or {})
+    try:
+        check_sr_input(job.path, bool(options.get("dicom_sr")))  # before inference, not after
+        result = predictor.predict(job.path, indication=job.indication, series=job.series, force=force)
+        write_outputs(result, Path(out_dir), input_path=job.path, **options)
+    except MedmmError as err:
+        return str(getattr(err, "reason", err))
+    except Exception as err:  # a bad scan must not stop the batch; name the error type
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    return None

@@ -19,6 +19,9 @@ import torch
 import torch.distributed as dist
 
 
+CUDA_BACKEND = "cpu:gloo,cuda:nccl"
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """Rank and world size of this process (1 process = not distributed)."""
@@ -46,7 +49,8 @@ def setup(device_type: str) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, False)
-    backend = "nccl" if device_type == "cuda" else "gloo"
+    # NCCL for CUDA tensors plus gloo for the CPU ones (broadcast_text): an NCCL-only group refuses CPU tensors
+    backend = CUDA_BACKEND if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, rank=rank, world_size=world)

@@ -250,7 +250,11 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
             sampler.set_epoch(epoch)
         else:
             sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(seed))
-        return DataLoader(self.train_set, batch_size=self.cfg.training.batch_size, sampler=sampler,
+        batch_size = self.cfg.training.batch_size
+        # A last batch of one scan crashes BatchNorm when the deepest feature map is 1x1x1; drop that
+        # lone scan (the sampler reshuffles, so it is trained on in other epochs). Other sizes are kept.
+        lone_last = batch_size > 1 and len(sampler) % batch_size == 1
+        return DataLoader(self.train_set, batch_size=batch_size, sampler=sampler, drop_last=lone_last,
                           num_workers=self.cfg.training.num_workers,
                           generator=torch.Generator().manual_seed(seed))
 

@@ -79,3 +79,36 @@ def test_bad_labels_csv(ctrate, column, value, message):
             w.writerow(r)
     with pytest.raises(MedmmInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_ctrate(ctrate / "dataset", ctrate / "labels.csv", ctrate / "reports.csv")
+
+
+def test_workflow_source_carves_a_patient_level_val_split_from_train(ctrate):
+    from medmm.config import load_workflow
+    from medmm.data.dataset import load_cases, split_cases
+
+    cfg = load_workflow({"data": {"source": "ctrate", "val_fraction": 0.5, "ctrate": {
+        "volumes_dir": str(ctrate / "dataset"), "labels_csv": str(ctrate / "labels.csv"),
+        "reports_csv": str(ctrate / "reports.csv")}}, "preprocessing": {"roi_size": [8, 8, 8]}})
+    splits = split_cases(load_cases(cfg.data), cfg.data.val_fraction, 0.0, cfg.seed)
+    assert [c.case_id for c in splits["test"]] == ["valid_1_a_1"]  # CT-RATE's valid set is the test set
+    assert splits["train"] and splits["val"]
+    owners = {c.patient_id: name for name, cs in splits.items() for c in cs}
+    assert all(owners[c.patient_id] == name for name, cs in splits.items() for c in cs)
+
+
+def test_synthetic_ctrate_layout_reads_back_with_consistent_geometry(tmp_path):
+    from medmm.data.synth.ctrate_layout import ctrate_names, render_full_size, write_ctrate_layout
+    from medmm.data.synth.generator import render_case
+
+    paths = write_ctrate_layout(tmp_path, ctrate_names(2, 1), shape=[(32, 32, 20), (32, 32, 24), (32, 32, 20)], base=16)
+    cases = read_ctrate(paths["volumes_dir"], paths["labels_csv"], paths["reports_csv"])
+    assert [c.case_id for c in cases] == ["train_1_a_1", "train_2_a_1", "valid_1_a_1"]
+    assert cases[0].report.startswith("FINDINGS:") and "IMPRESSION:" in cases[0].report
+    hu, affine, labels, _, _ = render_full_size(0, (32, 32, 20), base=16)
+    assert hu.dtype == np.int16 and labels == cases[0].labels
+    coarse_hu, coarse_affine, *_ = render_case(0, size=16)
+
+    def edge(a, index):  # world position of a voxel corner (index - 0.5)
+        return (a @ np.array([*(np.asarray(index, dtype=float) - 0.5), 1.0]))[:3]
+
+    assert np.allclose(edge(affine, (0, 0, 0)), edge(coarse_affine, (0, 0, 0)))  # same field of view
+    assert np.allclose(edge(affine, (32, 32, 20)), edge(coarse_affine, (16, 16, 16)))

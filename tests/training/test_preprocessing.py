@@ -105,4 +105,4 @@ def test_cached_dataset_items(tmp_path):
     aug = augmented(base, cfg, seed=0)
     reseed(aug, 5)
     assert torch.equal(aug[0]["image"], torch.flip(base[0]["image"], dims=[1]))
-    assert any((tmp_path / "c").rglob("*.pt"))  # disk cache written
+    assert any((tmp_path / "c").rglob("*.safetensors"))  # disk cache written
