@@ -38,14 +38,25 @@ def _eps_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[f
 @click.option("--device", default=None, help="Torch device, e.g. cpu or cuda:0.")
 @click.option("--protocol", default="medmm", show_default=True, type=click.Choice(["medmm", "ctrate"]),
               help="ctrate: also report the CT-RATE papers' metrics (CT-CLIP's thresholds; docs/evaluation.md).")
+@click.option("--explain", "explain", default=None, is_flag=False, flag_value="default",
+              help="Also measure explanation faithfulness on a synthetic manifest: pointing game, energy in "
+                   "lesion, counterfactual probability drop per finding. Optionally a comma-separated list of "
+                   "evidence methods (gradcam, gradcam-layer2, gradcam-layer3, saliency, occlusion).")
+@click.option("--explain-limit", default=None, type=click.IntRange(min=1),
+              help="Score explanations on at most this many scans (they re-render twins; slow on CPU).")
 def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attacks: tuple[str, ...],
              eps_hu: tuple[float, ...], pgd_steps: int, n_bootstrap: int, seed: int, device: str | None,
-             protocol: str) -> None:
+             protocol: str, explain: str | None = None, explain_limit: int | None = None) -> None:
     """Evaluate RUN_DIR on a manifest: AUROC with 95% CIs, calibration, report metrics, robustness."""
     from medmm.evaluation import evaluate as run_evaluation
     from medmm.evaluation.outputs import terminal_table
 
     out = out if out is not None else Path.cwd() / "medmm_eval" / (run_dir.resolve().name or "run")
+    if explain is not None:  # i20 hook: refuse a non-synthetic manifest before the long evaluation
+        from medmm.evaluation.faithfulness import check_methods, synthetic_params
+
+        synthetic_params(manifest)
+        check_methods(explain)
     metrics = run_evaluation(run_dir, manifest, split=split, out=out, attack=list(attacks), eps_hu=eps_hu,
                              n_bootstrap=n_bootstrap, seed=seed, pgd_steps=pgd_steps, device=device,
                              protocol=protocol)
@@ -58,4 +69,9 @@ def evaluate(run_dir: Path, manifest: Path, split: str, out: Path | None, attack
 
     for line in describe_run(run_dir):
         click.echo(f"model history: {line}")
+    if explain is not None:  # i20 hook: explanation faithfulness (medmm.evaluation.faithfulness)
+        from medmm.evaluation.faithfulness import run_faithfulness
+
+        metrics["files"] = sorted(set(metrics["files"]) | set(
+            run_faithfulness(run_dir, manifest, split, out, explain, explain_limit, device, click.echo)))
     click.echo(f"wrote {', '.join(metrics['files'])} to {out}")

@@ -1,4 +1,4 @@
-"""Grad-CAM on the image encoder's feature map for one finding's logit.
+"""Grad-CAM on the image encoder's feature map for one finding's logit, and the explainer.
 
 MONAI's :class:`~monai.visualize.GradCAM` hooks a named layer of a module that maps an input to
 class scores. Here that module is the model's *head* (pooling → fusion classifier) fed with the
@@ -102,8 +102,12 @@ def to_input_grid(heat: np.ndarray, heat_affine: np.ndarray, input_shape: tuple[
 class GradCamExplainer:
     """Callable ``finding -> Explanation`` attached to a :class:`~medmm.inference.result.Result`.
 
-    Holds only the (small) feature map and text embedding of the prediction, not the encoder
-    input, so it stays cheap to keep around.
+    Holds the prediction's feature map, text embedding and (for the image-level methods of
+    ``medmm.inference.evidence``) the preprocessed image. ``method`` picks the evidence map
+    (:data:`~medmm.inference.evidence.METHODS`); a layer Grad-CAM falls back to the feature-map
+    Grad-CAM when the image needs a sliding window or the backbone has no such stage (the map's
+    ``meta["method"]`` says which ran). Occlusion maps of all findings come from one set of passes
+    and are cached.
     """
 
     def __init__(
@@ -117,7 +121,18 @@ class GradCamExplainer:
         findings: dict[str, dict[str, Any]],
         details_fn: Any = None,
         input_grid: tuple[tuple[int, ...], np.ndarray] | None = None,
+        *,
+        image: torch.Tensor | None = None,
+        method: str = "gradcam",
+        sliding: bool = False,
+        calibrate: Any = None,
+        feature_fn: Any = None,
+        site_check_fn: Any = None,
     ):
+        from medmm.inference.evidence import METHODS
+
+        if method not in METHODS:
+            raise ValueError(f"unknown evidence method {method!r}; choose one of {', '.join(METHODS)}")
         self.model = model
         self.feature_map = feature_map.detach()
         self.text_emb = None if text_emb is None else text_emb.detach()
@@ -127,17 +142,56 @@ class GradCamExplainer:
         self.findings = findings
         self.details_fn = details_fn
         self.input_grid = input_grid
+        self.image = None if image is None else image.detach()
+        self.method = method
+        self.sliding = bool(sliding)
+        self.calibrate = calibrate
+        self.feature_fn = feature_fn
+        self.site_check_fn = site_check_fn
+        self._occlusion: np.ndarray | None = None
 
-    def heatmap(self, finding: str, grid: str = "model"):
-        """Grad-CAM of ``finding`` as a :class:`medmm.io.Volume` in RAS world coordinates.
+    def resolved_method(self, method: str | None = None) -> str:
+        """The method that actually runs for ``method`` (default: this explainer's)."""
+        from medmm.inference.evidence import LAYER_METHODS, has_layer
+
+        method = method or self.method
+        if method in LAYER_METHODS and (self.image is None or self.sliding
+                                        or not has_layer(self.model, LAYER_METHODS[method])):
+            return "gradcam"
+        if method in ("occlusion", "saliency") and self.image is None:
+            return "gradcam"
+        return method
+
+    def _map(self, finding: str, method: str) -> np.ndarray:
+        from medmm.inference.evidence import LAYER_METHODS, layer_gradcam, occlusion_drops, saliency_map
+
+        idx = self.labels.index(finding)
+        if method in LAYER_METHODS:  # direct pass only (resolved_method): the image goes to the model's device
+            device = next(self.model.parameters()).device
+            return layer_gradcam(self.model, self.image.to(device), self.text_emb, idx, LAYER_METHODS[method])
+        if method == "saliency":
+            return saliency_map(self.model, self.image, self.text_emb, idx, self.feature_fn)
+        if method == "occlusion":
+            if self._occlusion is None:
+                self._occlusion = occlusion_drops(self.model, self.image, self.text_emb, self.calibrate,
+                                                  self.feature_fn)
+            drop = self._occlusion[idx]
+            top = float(drop.max())
+            return (drop / top if top > 0 else drop).astype(np.float32)
+        return gradcam_map(self.model, self.feature_map, self.text_emb, idx, self.image_shape)
+
+    def heatmap(self, finding: str, grid: str = "model", method: str | None = None):
+        """Evidence map of ``finding`` as a :class:`medmm.io.Volume` in RAS world coordinates.
 
         ``grid="model"``: on the preprocessed grid (with its affine); ``grid="input"``: resampled
         onto the input scan's voxel grid (same shape and affine as the loaded `Volume`).
+        ``method``: override this explainer's evidence method.
         """
         from medmm.io import Volume
 
-        heat = gradcam_map(self.model, self.feature_map, self.text_emb, self.labels.index(finding), self.image_shape)
-        meta = {"kind": "gradcam", "finding": finding}
+        used = self.resolved_method(method)
+        heat = self._map(finding, used)
+        meta = {"kind": "gradcam" if used.startswith("gradcam") else used, "method": used, "finding": finding}
         if grid == "model":
             return Volume(array=heat, affine=self.image_affine.copy(), meta=meta)
         if grid != "input" or self.input_grid is None:
@@ -145,14 +199,45 @@ class GradCamExplainer:
         shape, affine = self.input_grid
         return Volume(array=to_input_grid(heat, self.image_affine, shape, affine), affine=affine.copy(), meta=meta)
 
-    def __call__(self, finding: str) -> Explanation:
+    def __call__(self, finding: str, method: str | None = None) -> Explanation:
+        from medmm.inference.evidence import localisation
+
         row = self.findings[finding]
-        heatmap = self.heatmap(finding)
+        heatmap = self.heatmap(finding, method=method)
         details = self.details_fn(finding) if self.details_fn is not None else {}
+        loc = localisation(np.asarray(heatmap.array))
+        site = self.site_check_fn(finding, np.asarray(heatmap.array), loc) if self.site_check_fn else None
         return Explanation(
             finding=finding,
             heatmap=heatmap,
             probability=float(row["probability"]),
             ontology_path=list(row.get("ontology_path") or []),
             details=details,
+            method=str(heatmap.meta.get("method", "gradcam")),
+            localisation=loc,
+            site_check=site,
         )
+
+
+def intensity_to_hu(image: np.ndarray, preprocessing: Any) -> np.ndarray:
+    """Undo the preprocessing's intensity scaling (HU window → intensity range) of a model image."""
+    (a_min, a_max), (b_min, b_max) = preprocessing.hu_window, preprocessing.intensity_range
+    scale = (float(a_max) - float(a_min)) / max(float(b_max) - float(b_min), 1e-12)
+    return (np.asarray(image, dtype=np.float32) - float(b_min)) * scale + float(a_min)
+
+
+def site_checker(image: np.ndarray, affine: np.ndarray, preprocessing: Any, ontology: Any):
+    """``(finding, heat, localisation) -> site check`` on the coarse anatomy map of ``image``
+    (a preprocessed model image), computed once on first use (``medmm.inference.anatomy``)."""
+    from medmm.inference.anatomy import anatomy_map, site_check
+
+    spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
+    state: dict[str, Any] = {}
+
+    def check(finding: str, heat: np.ndarray, loc: Any) -> dict:
+        if "map" not in state:
+            state["map"] = anatomy_map(intensity_to_hu(image, preprocessing), spacing)
+        site = ontology.anatomical_site(finding) if ontology is not None else None
+        return site_check(finding, site, heat, state["map"], bool(loc.localised), ontology)
+
+    return check

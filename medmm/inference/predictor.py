@@ -212,6 +212,7 @@ class Predictor:
             by_name,
             details_fn=lambda label: self._explain_details(label, repairs),
             input_grid=input_grid,
+            **self._evidence_args(image, image_affine, sliding),  # i20 hook: evidence method + site check
         )
         image_np = np.asarray(image[0], dtype=np.float32)
         del image
@@ -298,6 +299,18 @@ class Predictor:
                   decisions: list[bool]) -> list[dict[str, Any]]:
         return finding_rows(self.labels, self.thresholds, self.ontology, self.calibration.unreliable,
                             raw, probs, repairs, decisions)
+
+    def _evidence_args(self, image: Any, image_affine: np.ndarray, sliding: bool) -> dict[str, Any]:
+        """Explainer settings of issue 20 (``medmm.inference.evidence``): the image the evidence
+        methods re-run, the method (``self.evidence_method``) and the anatomical-site check."""
+        from medmm.inference.evidence import DEFAULT_METHOD
+        from medmm.inference.explain import site_checker
+
+        return dict(image=image.as_tensor()[None], sliding=sliding,  # host memory; moved per explanation
+                    method=getattr(self, "evidence_method", DEFAULT_METHOD),
+                    calibrate=self.calibration.logits, feature_fn=self.feature_map,
+                    site_check_fn=site_checker(np.asarray(image[0], dtype=np.float32), image_affine,
+                                               self.preprocessing, self.ontology))
 
     def _explain_details(self, label: str, repairs: list[Any]) -> dict[str, Any]:
         from medmm.knowledge import explain_finding

@@ -34,7 +34,7 @@ FINDING_COLUMNS = (
 
 @dataclass
 class Explanation:
-    """Grad-CAM evidence for one finding.
+    """Evidence for one finding: a heatmap, whether it localises anything, and where.
 
     Attributes:
         finding: the finding's name.
@@ -43,6 +43,10 @@ class Explanation:
         ontology_path: finding → ... → root, from the ontology.
         details: the knowledge module's explanation (``explain_finding``): constraints involved
             and repairs made.
+        method: the evidence method that produced ``heatmap`` (``medmm.inference.evidence``).
+        localisation: :class:`~medmm.inference.evidence.Localisation` of the map (None: not checked).
+        site_check: evidence mass inside the finding's anatomical site (``medmm.inference.anatomy``),
+            or None when no anatomy map was made.
     """
 
     finding: str
@@ -50,11 +54,31 @@ class Explanation:
     probability: float
     ontology_path: list[str]
     details: dict[str, Any] = field(default_factory=dict)
+    method: str = "gradcam"
+    localisation: Any = None
+    site_check: dict[str, Any] | None = None
 
-    def peak_index(self) -> tuple[int, int, int]:
-        """Voxel index (i, j, k) of the heatmap's maximum, e.g. to choose slices to show."""
+    @property
+    def localised(self) -> bool:
+        """Whether the heatmap points somewhere (False: "no localised evidence"; never draw it)."""
+        return self.localisation is None or bool(self.localisation.localised)
+
+    def peak_index(self) -> tuple[int, int, int] | None:
+        """Voxel index (i, j, k) of the evidence peak, e.g. to choose key slices; None when the
+        map localises nothing (an all-zero or flat map has no peak worth showing)."""
+        if self.localisation is not None:
+            return self.localisation.peak
         arr = np.asarray(self.heatmap.array)
         return tuple(int(v) for v in np.unravel_index(int(np.argmax(arr)), arr.shape))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready evidence facts (no image data): method, localisation, site check."""
+        loc = self.localisation.to_dict() if self.localisation is not None else None
+        text = "localised evidence" if self.localised else "no localised evidence"
+        if self.site_check and self.site_check.get("flag"):
+            text = str(self.site_check["flag"])
+        return {"finding": self.finding, "method": self.method, "localised": self.localised,
+                "statement": text, "localisation": loc, "site_check": self.site_check}
 
 
 @dataclass
@@ -78,6 +102,8 @@ class Result:
             shown in every output format and on stderr.
         groups: ontology group outputs of a model with ``network.hierarchy`` (``group``,
             ``probability``, ``findings``); empty otherwise.
+        evidence: per explained positive finding, the evidence method, whether the map localises
+            anything and its anatomical-site check (:meth:`explain_positives`); None until computed.
     """
 
     findings: list[dict[str, Any]]
@@ -94,7 +120,9 @@ class Result:
     source_files: list[Any] = field(default_factory=list, repr=False)
     warnings: list[str] = field(default_factory=list)
     groups: list[dict[str, Any]] = field(default_factory=list)  # issue 20: ontology group outputs (hierarchy)
+    evidence: list[dict[str, Any]] | None = None
     _explainer: Callable[[str], Explanation] | None = field(default=None, repr=False)
+    _explanations: dict[str, Explanation] = field(default_factory=dict, repr=False)
 
     # ----------------------------------------------------------------- tables
     @property
@@ -141,6 +169,22 @@ class Result:
             raise RuntimeError("this Result has no model attached; re-run Predictor.predict to explain")
         return self._explainer(finding)
 
+    def explain_positives(self, limit: int | None = None) -> list[Explanation]:
+        """Explanations of the positive findings (highest probability first, at most ``limit``),
+        computed once and summarised into :attr:`evidence` (written to ``result.json``)."""
+        if self._explainer is None:
+            return []
+        rows = sorted((r for r in self.findings if r["positive"]), key=lambda r: -r["probability"])
+        cache = self._explanations
+        out = []
+        for row in rows[:limit]:
+            name = row["finding"]
+            if name not in cache:
+                cache[name] = self._explainer(name)
+            out.append(cache[name])
+        self.evidence = [e.summary() for e in out]
+        return out
+
     # ---------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict following ``medmm.result/1`` (no image data, no file paths, no PHI)."""
@@ -157,6 +201,7 @@ class Result:
             "consistency": _jsonable(self.consistency),
             "warnings": [str(w) for w in self.warnings],
             **({"groups": [_jsonable(row) for row in self.groups]} if self.groups else {}),
+            **({"evidence": _jsonable(self.evidence)} if self.evidence is not None else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -69,6 +69,33 @@ REPORT_CHECK_SCHEMA = {
     },
 }
 
+EVIDENCE_SCHEMA = {
+    "type": "object",
+    "required": ["finding", "method", "localised", "statement", "localisation", "site_check"],
+    "additionalProperties": False,
+    "properties": {
+        "finding": {"type": "string"},
+        "method": {"type": "string"},
+        "localised": {"type": "boolean"},
+        "statement": {"type": "string"},  # "localised evidence" / "no localised evidence" / the site flag
+        "localisation": {
+            "type": ["object", "null"],
+            "required": ["localised", "reason", "peak", "peak_to_mean", "half_max_fraction"],
+            "properties": {"localised": {"type": "boolean"}, "reason": {"type": "string"},
+                           "peak": {"type": ["array", "null"], "items": {"type": "integer"}},
+                           "peak_to_mean": {"type": "number"}, "half_max_fraction": {"type": "number"}},
+        },
+        "site_check": {
+            "type": ["object", "null"],
+            "required": ["site", "regions", "fraction_in_site", "main_region", "flag"],
+            "properties": {"site": {"type": ["string", "null"]},
+                           "regions": {"type": ["array", "null"], "items": {"type": "string"}},
+                           "fraction_in_site": {"type": ["number", "null"]},
+                           "main_region": {"type": ["string", "null"]}, "flag": {"type": ["string", "null"]}},
+        },
+    },
+}
+
 # One ontology group output (issue 20, medmm.knowledge.hierarchy): never below its findings.
 GROUP_SCHEMA = {
     "type": "object",
@@ -148,6 +175,8 @@ RESULT_JSON_SCHEMA = {
         },
         # why the input is doubtful (plausibility gate); absent in results of medmm < 0.x
         "warnings": {"type": "array", "items": {"type": "string"}},
+        # evidence of the positive findings (medmm.inference.evidence / anatomy); absent when not explained
+        "evidence": {"type": "array", "items": EVIDENCE_SCHEMA},
         # issue 20: ontology group outputs of a model with network.hierarchy (absent otherwise)
         "groups": {"type": "array", "items": GROUP_SCHEMA},
     },

@@ -13,6 +13,7 @@ from medmm.errors import MedmmInputError
 from medmm.inference.schema import RESULT_JSON_SCHEMA
 from medmm.inference.writers import check_out_dir, scan_name, write_outputs
 from medmm.inference.writers.dicom_sr import pseudonym_uid
+from medmm.inference.writers.html import MAX_CAM_FINDINGS
 
 
 @pytest.fixture
@@ -39,7 +40,12 @@ def test_all_outputs(dicom_result, scans, tmp_path):
 
     page = (out / "report.html").read_text()
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) >= 2 + 4  # key slices + axial/coronal Grad-CAM for 2 positives
+    evidence = {e["finding"]: e for e in doc["evidence"]}  # the most probable positive findings
+    assert set(evidence) <= set(dicom_result.positives)
+    assert len(evidence) == min(MAX_CAM_FINDINGS, len(dicom_result.positives))
+    drawn = sum(e["localised"] for e in evidence.values())
+    assert len(images) == 2 + 2 * drawn  # key slices + axial/coronal overlays of localised evidence only
+    assert page.count("class=\"noevidence\"") == len(evidence) - drawn  # said, not drawn
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
     assert "http://" not in page and "https://" not in page  # offline: no external assets
 

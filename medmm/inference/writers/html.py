@@ -1,4 +1,4 @@
-"""Self-contained ``report.html``: findings table, generated report, key slices, Grad-CAM overlays.
+"""Self-contained ``report.html``: findings table, generated report, key slices, evidence overlays.
 
 Images are matplotlib PNGs embedded as ``data:image/png;base64`` URIs and the CSS is inline, so
 the page opens offline with no external assets. Slices are shown in radiological convention
@@ -26,6 +26,7 @@ table.medmm-findings td,table.medmm-findings th{border:1px solid #ccc;padding:3p
 .imgs{display:flex;flex-wrap:wrap;gap:12px}.imgs figure{margin:0}
 figcaption{font-size:0.85em;color:#555}
 .note{font-size:0.8em;color:#777}
+.siteflag{color:#a40;font-weight:bold}.noevidence{color:#555}
 """
 
 # Keep the page small: at most this many Grad-CAM panels (highest probability first).
@@ -67,34 +68,62 @@ def _figure(uri: str, caption: str) -> str:
     return f'<figure><img src="{uri}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
 
 
+def _explanations(result: Any) -> list[Any]:
+    """Explanations of the positive findings shown on the page (computed once per result)."""
+    if result.image is None or getattr(result, "_explainer", None) is None:
+        return []
+    return result.explain_positives(MAX_CAM_FINDINGS)
+
+
 def key_slice_panels(result: Any) -> list[str]:
-    """Axial and coronal slices through the volume centre as ``<figure>`` HTML snippets."""
+    """Axial and coronal slices through the evidence peak of the most probable positive finding
+    whose evidence localises, else through the volume centre (never an arbitrary index 0)."""
     if result.image is None:
         return []
     arr = result.image
     sx, sy, sz = (float(s) for s in result.preprocessed.get("spacing", (1.0, 1.0, 1.0)))
-    ci, cj, ck = (s // 2 for s in arr.shape)
+    peaks = [(e.finding, e.peak_index()) for e in _explanations(result) if e.localised and e.peak_index()]
+    if peaks:
+        where, (_, cj, ck) = f"evidence peak of {peaks[0][0]}", peaks[0][1]
+    else:
+        where, (_, cj, ck) = "volume centre", (s // 2 for s in arr.shape)
     return [
-        _figure(_png(_axial(arr, ck), sy / sx), f"axial slice {ck}"),
-        _figure(_png(_coronal(arr, cj), sz / sx), f"coronal slice {cj}"),
+        _figure(_png(_axial(arr, ck), sy / sx), f"axial slice {ck} ({where})"),
+        _figure(_png(_coronal(arr, cj), sz / sx), f"coronal slice {cj} ({where})"),
     ]
 
 
 def gradcam_panels(result: Any) -> list[str]:
-    """Grad-CAM overlays (axial + coronal through the heatmap peak) for positive findings."""
-    if result.image is None or result._explainer is None:
-        return []
+    """Evidence overlays (axial + coronal through the peak) for positive findings; a finding whose
+    map localises nothing gets a sentence saying so instead of a drawing (an empty or flat map is
+    no evidence), and a finding whose evidence lies outside its anatomical site is flagged."""
     arr = result.image
-    sx, sy, sz = (float(s) for s in result.preprocessed.get("spacing", (1.0, 1.0, 1.0)))
-    positives = sorted((r for r in result.findings if r["positive"]), key=lambda r: -r["probability"])
     panels = []
-    for row in positives[:MAX_CAM_FINDINGS]:
-        heat = np.asarray(result._explainer.heatmap(row["finding"]).array)
-        _, pj, pk = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        label = f"{row['finding']} (p={row['probability']:.2f})"
-        panels.append(_figure(_png(_axial(arr, pk), sy / sx, _axial(heat, pk)), f"Grad-CAM axial: {label}"))
-        panels.append(_figure(_png(_coronal(arr, pj), sz / sx, _coronal(heat, pj)), f"Grad-CAM coronal: {label}"))
+    for exp in _explanations(result):
+        sx, sy, sz = (float(s) for s in result.preprocessed.get("spacing", (1.0, 1.0, 1.0)))
+        label = f"{exp.finding} (p={exp.probability:.2f}, {exp.method})"
+        if not exp.localised:
+            why = exp.localisation.reason if exp.localisation is not None else ""
+            panels.append(f'<p class="noevidence"><b>{html.escape(exp.finding)}</b>: no localised evidence '
+                          f'({html.escape(exp.method)}: {html.escape(why)}); nothing is drawn.</p>')
+            continue
+        heat = np.asarray(exp.heatmap.array)
+        _, pj, pk = exp.peak_index()
+        figs = (_figure(_png(_axial(arr, pk), sy / sx, _axial(heat, pk)), f"evidence axial {pk}: {label}")
+                + _figure(_png(_coronal(arr, pj), sz / sx, _coronal(heat, pj)), f"evidence coronal {pj}: {label}"))
+        flag = (exp.site_check or {}).get("flag")
+        site = _site_line(exp.site_check)
+        note = (f'<p class="siteflag">&#9888; {html.escape(flag)}</p>' if flag
+                else f'<p class="note">{html.escape(site)}</p>' if site else "")
+        panels.append(f'<div class="evidence"><div class="imgs">{figs}</div>{note}</div>')
     return panels
+
+
+def _site_line(check: dict | None) -> str:
+    """'62% of the evidence inside the pleural space' (empty when unknown)."""
+    if not check or check.get("fraction_in_site") is None:
+        return ""
+    return f"{check['fraction_in_site']:.0%} of the evidence inside the {str(check.get('site')).lower()}"
 
 
 def report_html(result: Any) -> str:
@@ -125,11 +154,7 @@ def render_html(result: Any) -> str:
     geo = result.input
     title = "medmm report"
     cams = gradcam_panels(result)
-    cam_html = (
-        f'<div class="imgs">{"".join(cams)}</div>'
-        if cams
-        else "<p>No positive findings; no Grad-CAM overlays.</p>"
-    )
+    cam_html = "".join(cams) if cams else "<p>No positive findings; no evidence overlays.</p>"
     indication = (
         f"<p><b>Indication:</b> {html.escape(result.indication)}</p>" if result.indication else ""
     )
@@ -150,7 +175,10 @@ input {html.escape(str(geo.get("shape")))} voxels at {html.escape(str(geo.get("s
 ({result.consistency.get("n_repairs", 0)} constraint repairs).</p>
 <h2>Key slices</h2>
 <div class="imgs">{"".join(key_slice_panels(result))}</div>
-<h2>Grad-CAM for positive findings</h2>
+<h2>Evidence for positive findings</h2>
+<p class="note">Heatmaps show where the image drives each finding's output; a map that points
+nowhere (all zero or flat) is reported as "no localised evidence" and not drawn. The anatomical-site
+check uses a coarse anatomy map computed from the CT's Hounsfield units.</p>
 {cam_html}
 </body></html>
 """

@@ -234,6 +234,10 @@ class OutputFolder:
 def _write_formats(result: Any, staging: Path, html: bool, dicom_sr: bool, fhir: bool, keep_phi: bool,
                    json_writer) -> dict[str, Path]:
     staged: dict[str, Path] = {}
+    if hasattr(result, "explain_positives"):  # i20 hook: evidence + site check into result.json and report.html
+        from medmm.inference.writers.html import MAX_CAM_FINDINGS
+
+        result.explain_positives(MAX_CAM_FINDINGS)
     if dicom_sr:
         from medmm.inference.writers.dicom_sr import write_dicom_sr
 
