@@ -22,7 +22,7 @@ flat map is reported as "no localised evidence", never drawn.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -74,20 +74,43 @@ class ImageHead(nn.Module):
         return self.model.predict_step(feature_map=fmap, text_emb=emb).logits
 
 
+def padded_to(image: torch.Tensor, min_shape: Sequence[int] | None) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """``image`` ``[B, C, X, Y, Z]`` padded (centred, with its minimum: air after windowing) to at
+    least ``min_shape`` voxels per axis, and the slices that crop a map back to ``image``.
+
+    Backpropagating to the voxels of a volume smaller than the training ROI runs the encoder's
+    pooling backward on degenerate sizes (1-2 voxels), which crashed the CPU kernels (a segfault,
+    not an error) for a 5x6x8 input; training and a forward pass never see such sizes, because the
+    inferer pads to the ROI the same way.
+    """
+    spatial = tuple(int(s) for s in image.shape[2:])
+    want = tuple(max(s, int(m)) for s, m in zip(spatial, min_shape or spatial))
+    if want == spatial:
+        return image, tuple(slice(0, s) for s in spatial)
+    before = [(w - s) // 2 for s, w in zip(spatial, want)]
+    pads: list[int] = []
+    for s, w, b in reversed(list(zip(spatial, want, before))):  # F.pad takes the last axis first
+        pads += [b, w - s - b]
+    padded = F.pad(image, pads, value=float(image.min()))
+    return padded, tuple(slice(b, b + s) for b, s in zip(before, spatial))
+
+
 def has_layer(model: nn.Module, layer: str) -> bool:
     """Whether the image encoder's backbone has a stage called ``layer`` (ResNet family)."""
     return isinstance(getattr(model.image_encoder.backbone, layer, None), nn.Module)
 
 
 def layer_gradcam(model: nn.Module, image: torch.Tensor, text_emb: torch.Tensor | None, class_idx: int,
-                  layer: str) -> np.ndarray:
+                  layer: str, min_shape: Sequence[int] | None = None) -> np.ndarray:
     """Grad-CAM of logit ``class_idx`` on backbone stage ``layer``, resized to the image; in [0, 1].
 
     Args:
         image: ``[1, 1, X, Y, Z]`` preprocessed image that fits the model in one pass.
+        min_shape: pad smaller images to this size first (the ROI; see :func:`padded_to`).
     """
     from monai.visualize import GradCAM
 
+    image, crop = padded_to(image, min_shape)
     was_training = model.training
     head = ImageHead(model, text_emb).eval()
     cam = GradCAM(nn_module=head, target_layers=f"model.image_encoder.backbone.{layer}")
@@ -103,23 +126,25 @@ def layer_gradcam(model: nn.Module, image: torch.Tensor, text_emb: torch.Tensor 
     heat = heat.detach().float()
     if tuple(heat.shape[2:]) != tuple(image.shape[2:]):
         heat = F.interpolate(heat, size=tuple(image.shape[2:]), mode="trilinear", align_corners=False)
-    return heat[0, 0].clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
+    return heat[0, 0][crop].clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
 
 
 def saliency_map(model: nn.Module, image: torch.Tensor, text_emb: torch.Tensor | None, class_idx: int,
                  feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 sigma: float = SALIENCY_SIGMA) -> np.ndarray:
+                 sigma: float = SALIENCY_SIGMA, min_shape: Sequence[int] | None = None) -> np.ndarray:
     """Smoothed ``|d logit / d voxel|`` of finding ``class_idx``, scaled to a maximum of 1 (a zero
     gradient stays all zero). ``feature_fn`` may be the sliding-window feature map: it is
-    differentiable, so this works for volumes of any size."""
+    differentiable, so this works for volumes of any size; ``min_shape`` pads smaller ones to the
+    ROI first (:func:`padded_to`)."""
     from scipy.ndimage import gaussian_filter
 
+    image, crop = padded_to(image, min_shape)
     was_training = model.training
     head = ImageHead(model, text_emb, feature_fn).eval()
     with torch.enable_grad():
         x = image.detach().clone().float().requires_grad_(True)
         head(x)[0, int(class_idx)].backward()
-    grad = x.grad.detach().abs()[0, 0].cpu().numpy().astype(np.float32)
+    grad = x.grad.detach().abs()[0, 0][crop].cpu().numpy().astype(np.float32)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     smooth = gaussian_filter(grad, sigma=float(sigma), mode="constant")

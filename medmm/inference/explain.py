@@ -128,6 +128,7 @@ class GradCamExplainer:
         calibrate: Any = None,
         feature_fn: Any = None,
         site_check_fn: Any = None,
+        min_shape: tuple[int, ...] | None = None,
     ):
         from medmm.inference.evidence import METHODS
 
@@ -148,6 +149,7 @@ class GradCamExplainer:
         self.calibrate = calibrate
         self.feature_fn = feature_fn
         self.site_check_fn = site_check_fn
+        self.min_shape = min_shape  # the ROI: input-gradient methods pad smaller images to it
         self._occlusion: np.ndarray | None = None
 
     def resolved_method(self, method: str | None = None) -> str:
@@ -168,9 +170,11 @@ class GradCamExplainer:
         idx = self.labels.index(finding)
         if method in LAYER_METHODS:  # direct pass only (resolved_method): the image goes to the model's device
             device = next(self.model.parameters()).device
-            return layer_gradcam(self.model, self.image.to(device), self.text_emb, idx, LAYER_METHODS[method])
+            return layer_gradcam(self.model, self.image.to(device), self.text_emb, idx, LAYER_METHODS[method],
+                                 self.min_shape)
         if method == "saliency":
-            return saliency_map(self.model, self.image, self.text_emb, idx, self.feature_fn)
+            return saliency_map(self.model, self.image, self.text_emb, idx, self.feature_fn,
+                                min_shape=self.min_shape)
         if method == "occlusion":
             if self._occlusion is None:
                 self._occlusion = occlusion_drops(self.model, self.image, self.text_emb, self.calibrate,

@@ -309,6 +309,7 @@ class Predictor:
         return dict(image=image.as_tensor()[None], sliding=sliding,  # host memory; moved per explanation
                     method=getattr(self, "evidence_method", DEFAULT_METHOD),
                     calibrate=self.calibration.logits, feature_fn=self.feature_map,
+                    min_shape=tuple(int(r) for r in self.inferer.roi_size),
                     site_check_fn=site_checker(np.asarray(image[0], dtype=np.float32), image_affine,
                                                self.preprocessing, self.ontology))
 

@@ -289,6 +289,12 @@ class ReportGenerator(nn.Module):
                 prefix = self._prefix(tokens, states)
                 forced = self.encode(prompt) if prompt else []
                 start = torch.tensor([[self.bos_id, *forced]] * batch, dtype=torch.long, device=tokens.device)
+                # never decode past the LM's positions (a forced prompt after a long report can reach them)
+                used = start.shape[1] + (0 if cfg.conditioning == "cross_attention" else prefix.shape[1])
+                room = self._max_positions() - used
+                if room < 1:
+                    return [""] * batch
+                gen_config.max_new_tokens = min(gen_config.max_new_tokens, room)
                 if cfg.conditioning == "cross_attention":
                     out = self.lm.generate(
                         input_ids=start,
@@ -311,6 +317,15 @@ class ReportGenerator(nn.Module):
         finally:
             self.train(was_training)
         return self.decode(out, tidy=False) if prompt else self.decode(out)
+
+    def _max_positions(self) -> int:
+        """How many positions the LM can attend to (a large number when its config has no limit)."""
+        lm_cfg = self.lm.config
+        for name in ("n_positions", "max_position_embeddings"):
+            value = getattr(lm_cfg, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 1 << 30
 
     @torch.no_grad()
     def phrase_logprobs(self, tokens: torch.Tensor, prompt: str, phrases: Sequence[str],

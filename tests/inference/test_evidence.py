@@ -76,3 +76,21 @@ def test_occlusion_finds_the_voxels_a_model_reads():
     assert drops.shape == (1, 16, 16, 16)
     inside = drops[0, 8:16, 0:8, 0:8]
     assert inside.min() > 0 and drops[0, 0:8].max() == 0.0
+
+
+def test_images_smaller_than_the_roi_are_padded_and_cropped_back():
+    """Input-gradient methods pad a tiny volume to the ROI (a 5x6x8 backward segfaulted the CPU
+    pooling kernels) and crop the map back to the image."""
+    import torch
+
+    from medmm.inference.evidence import padded_to
+
+    image = torch.arange(5 * 6 * 8, dtype=torch.float32).reshape(1, 1, 5, 6, 8)
+    padded, crop = padded_to(image, (16, 16, 16))
+    assert tuple(padded.shape) == (1, 1, 16, 16, 16)
+    assert torch.equal(padded[(0, 0, *crop)], image[0, 0])
+    assert float(padded.min()) == float(image.min())  # pad with the image's own minimum (air)
+    same, whole = padded_to(image, None)
+    assert same is image and torch.equal(same[(0, 0, *whole)], image[0, 0])
+    larger, crop = padded_to(image, (4, 8, 8))  # only the too-small axis grows
+    assert tuple(larger.shape[2:]) == (5, 8, 8) and torch.equal(larger[(0, 0, *crop)], image[0, 0])
