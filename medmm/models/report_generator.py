@@ -26,6 +26,7 @@ from medmm.errors import MedmmConfigError
 from medmm.models.decode_threads import decode_threads
 from medmm.models.grounding import FindingsPrompt, finding_states, noisy_findings
 from medmm.models.pretrained import load_causal_lm, load_tokenizer
+from medmm.models.report_length import lm_positions
 from medmm.models.report_tokens import (  # noqa: F401  (re-exported: the generator's public helpers)
     _decoder_specials,
     _MaskTokens,
@@ -291,7 +292,7 @@ class ReportGenerator(nn.Module):
                 start = torch.tensor([[self.bos_id, *forced]] * batch, dtype=torch.long, device=tokens.device)
                 # never decode past the LM's positions (a forced prompt after a long report can reach them)
                 used = start.shape[1] + (0 if cfg.conditioning == "cross_attention" else prefix.shape[1])
-                room = self._max_positions() - used
+                room = lm_positions(self.lm.config) - used
                 if room < 1:
                     return [""] * batch
                 gen_config.max_new_tokens = min(gen_config.max_new_tokens, room)
@@ -317,15 +318,6 @@ class ReportGenerator(nn.Module):
         finally:
             self.train(was_training)
         return self.decode(out, tidy=False) if prompt else self.decode(out)
-
-    def _max_positions(self) -> int:
-        """How many positions the LM can attend to (a large number when its config has no limit)."""
-        lm_cfg = self.lm.config
-        for name in ("n_positions", "max_position_embeddings"):
-            value = getattr(lm_cfg, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return 1 << 30
 
     @torch.no_grad()
     def phrase_logprobs(self, tokens: torch.Tensor, prompt: str, phrases: Sequence[str],

@@ -65,3 +65,13 @@ def check_grounding(workflow: Any) -> None:
             "training.text.use_generated_report",
             "must be false with network.report_generator.grounding: findings (the report is written from the "
             "findings head's decisions, so it cannot also be an input of that head)")
+
+
+def lm_positions(lm_config: Any) -> int:
+    """How many positions a causal LM attends to (``n_positions`` / ``max_position_embeddings``;
+    a large number when its config names no limit): decoding must stop there."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(lm_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1 << 30

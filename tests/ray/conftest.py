@@ -36,17 +36,10 @@ def tiny_run(tmp_path_factory) -> Path:
     from medmm.training import train
 
     root = tmp_path_factory.mktemp("ray_run")
-    workflow = {
-        "name": "ray-tiny", "seed": 0,
-        "data": {"source": "synthetic",
-                 "synthetic": {"n": 8, "size": 32, "seed": 0, "cache_dir": str(root / "synth"), "format": "nifti"},
-                 "val_fraction": 0.25, "test_fraction": 0.25},
-        "preprocessing": {"spacing": [4.0, 4.0, 4.0], "roi_size": [32, 32, 32], "hu_window": [-1000, 400]},
-        "network": {"image_encoder": {"widths": [8, 8, 8, 16], "depth": [1, 1, 1, 1], "embed_dim": 32},
-                    "report_generator": {"n_layer": 1, "n_embd": 32, "max_new_tokens": 16, "max_report_tokens": 32},
-                    "fusion": {"hidden": 16}},
-        "training": {"epochs": 1, "batch_size": 4},
-    }
+    from serve.serving import tiny_workflow
+
+    workflow = tiny_workflow(root / "synth")
+    workflow["data"]["synthetic"]["format"] = "nifti"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

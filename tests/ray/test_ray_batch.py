@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability.realrun import run_cli
 
 pytest.importorskip("ray", reason="medmm[ray] extra not installed")
 pytestmark = pytest.mark.slow
@@ -27,16 +28,6 @@ def _results(out: Path) -> dict[str, dict]:
     return docs
 
 
-def _cli(args: list[str], capfd) -> tuple[int, str, str]:
-    from medmm.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def test_two_workers_equal_one_process_and_resume(ray_local, tiny_run, cohort, tmp_path, capfd):
@@ -50,7 +41,7 @@ def test_two_workers_equal_one_process_and_resume(ray_local, tiny_run, cohort, t
 
     args = ["infer", str(cohort), "--model", str(tiny_run), "--out", str(tmp_path / "ray"), "--ray",
             "--workers", "2", "--device", "cpu", "-q"]
-    code, out, err = _cli(args, capfd)
+    code, out, err = run_cli(args, capfd)
     assert code == 0, err
     assert "6 done, 0 skipped (already finished), 1 failed" in out
     failures = [line for line in err.splitlines() if line.startswith("failed ")]
@@ -62,7 +53,7 @@ def test_two_workers_equal_one_process_and_resume(ray_local, tiny_run, cohort, t
         assert sorted(p.name for p in (tmp_path / "ray" / name).iterdir()) == \
             sorted(p.name for p in (tmp_path / "single" / name).iterdir())
 
-    code, out, _ = _cli(args, capfd)  # resumable: finished scans are skipped, only the broken one retried
+    code, out, _ = run_cli(args, capfd)  # resumable: finished scans are skipped, only the broken one retried
     assert code == 0 and "0 done, 6 skipped (already finished), 1 failed" in out
 
 
@@ -97,7 +88,7 @@ def test_model_that_does_not_load_is_one_line(ray_local, cohort, tmp_path, capfd
     run = tmp_path / "not_a_run"
     run.mkdir()
     (run / "medmm.json").write_text("{}")
-    code, out, err = _cli(["infer", str(cohort), "--model", str(run), "--out", str(tmp_path / "o"), "--ray",
+    code, out, err = run_cli(["infer", str(cohort), "--model", str(run), "--out", str(tmp_path / "o"), "--ray",
                            "--workers", "1", "-q"], capfd)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err + out, err

@@ -6,17 +6,7 @@ import sys
 
 import pytest
 
-from medmm.cli import main
-
-
-def _cli(args: list[str], capfd) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    _, err = capfd.readouterr()
-    return code, err
+from reliability.realrun import run_cli
 
 
 @pytest.fixture
@@ -35,21 +25,21 @@ def _one_error_line(err: str, needle: str) -> None:
 def test_infer_ray_needs_a_batch(fake_run, tmp_path, capfd):
     scan = tmp_path / "one.nii.gz"
     scan.write_bytes(b"x")
-    code, err = _cli(["infer", str(scan), "--model", str(fake_run), "--ray"], capfd)
+    code, _, err = run_cli(["infer", str(scan), "--model", str(fake_run), "--ray"], capfd)
     assert code == 2
     _one_error_line(err, "--ray runs a batch")
 
 
 def test_serve_ray_refuses_the_dicom_node(fake_run, capfd):
     pytest.importorskip("fastapi")
-    code, err = _cli(["serve", "--model", str(fake_run), "--ray", "--dicom-port", "11112", "--allow-ae", "X"], capfd)
+    code, _, err = run_cli(["serve", "--model", str(fake_run), "--ray", "--dicom-port", "11112", "--allow-ae", "X"], capfd)
     assert code == 2
     _one_error_line(err, "DICOM node does not run under --ray")
 
 
 def test_serve_ray_replica_range(fake_run, capfd):
     pytest.importorskip("fastapi")
-    code, err = _cli(["serve", "--model", str(fake_run), "--ray", "--min-replicas", "3", "--max-replicas", "2"], capfd)
+    code, _, err = run_cli(["serve", "--model", str(fake_run), "--ray", "--min-replicas", "3", "--max-replicas", "2"], capfd)
     assert code == 2
     _one_error_line(err, "min (3) <= max (2)")
 
@@ -66,7 +56,7 @@ def test_missing_ray_names_the_extra(monkeypatch):
 def test_ray_options_need_ray(fake_run, tmp_path, capfd):
     folder = tmp_path / "cohort"
     (folder / "case").mkdir(parents=True)
-    code, err = _cli(["infer", str(folder), "--model", str(fake_run), "--workers", "2"], capfd)
+    code, _, err = run_cli(["infer", str(folder), "--model", str(fake_run), "--workers", "2"], capfd)
     assert code == 2
     _one_error_line(err, "--workers: applies only with --ray")
 
