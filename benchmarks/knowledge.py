@@ -55,7 +55,7 @@ def workflow(args: argparse.Namespace, variant: str, fraction: float, seed: int)
         "seed": seed,
         "data": {"source": "synthetic", "val_fraction": 0.2, "test_fraction": 0.0,
                  "synthetic": {"n": args.n_train, "size": size, "seed": args.data_seed, "cache_dir": str(args.cache_dir)}},
-        "preprocessing": {"spacing": None, "hu_window": [-1000, 400], "roi_size": [size] * 3, "fit": "resize"},
+        "preprocessing": {"spacing": None, "hu_window": list(args.hu_window), "roi_size": [size] * 3, "fit": "resize"},
         "network": {
             "image_encoder": {"name": "slim", "widths": args.widths, "depth": [1, 1, 1, 1],
                               "embed_dim": args.hidden, "token_grid": 2},
@@ -211,6 +211,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--widths", type=int, nargs=4, default=[4, 8, 8, 16])
     p.add_argument("--hidden", type=int, default=32, help="embedding / head width")
+    p.add_argument("--hu-window", type=float, nargs=2, default=[-1000.0, 3000.0],
+                   help="HU window (the demo's: calcium, bone and metal stay apart)")
     p.add_argument("--kr-weight", type=float, default=1.0)
     p.add_argument("--pos-weight", choices=["auto"], default=None, help="BCE/MCLoss positive weight (default none)")
     p.add_argument("--data-seed", type=int, default=0)

@@ -161,7 +161,9 @@ class TrainingConfig(Strict):
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: SafePath | None = Field(None, description="for cache: disk; None = <run_dir>/cache")
     label_fraction: float = Field(1.0, gt=0, le=1, description="share of train (case, label) entries BCE sees")
-    threshold_rule: Literal["f1", "youden"] = "f1"
+    threshold_rule: Literal["f1", "youden", "fixed"] = Field(
+        "f1", description="per-finding thresholds on validation: F1-optimal, Youden, or fixed 0.5 on the calibrated "
+        "probability (small validation splits; medmm.training.validation)")
     deterministic: bool = True
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
     text: TextConfig = Field(default_factory=TextConfig)

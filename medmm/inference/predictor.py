@@ -115,12 +115,17 @@ class Predictor:
         )
 
     def step(self, x: torch.Tensor, indications: list[str | None] | None = None,
-             text_emb: torch.Tensor | None = None) -> Any:
-        """`MedMM.predict_step` on preprocessed images (sliding window when larger than the ROI)."""
+             text_emb: torch.Tensor | None = None, generate: bool = True) -> Any:
+        """`MedMM.predict_step` on preprocessed images (sliding window when larger than the ROI).
+
+        ``generate=False`` decodes no draft report unless the fusion head reads one.
+        """
         x = torch.as_tensor(x).to(self.device)
+        needs_report = self.use_generated_report and self.model.uses_text
         return self.model.predict_step(feature_map=self.feature_map(x), indications=indications,
                                        use_generated_report=self.use_generated_report,
-                                       use_indication=self.use_indication, text_emb=text_emb)
+                                       use_indication=self.use_indication, text_emb=text_emb,
+                                       generate=generate or needs_report)
 
     def forward_tensor(self, x: torch.Tensor, texts: list[str] | None = None,
                        indications: list[str | None] | None = None) -> torch.Tensor:
@@ -140,15 +145,22 @@ class Predictor:
                 use_indication=False).logits)
         return self.calibration.logits(self.step(x, text_emb=self.model.encode_text(list(texts))).logits)
 
-    def predict_tensor(self, x: torch.Tensor, indications: list[str | None] | None = None) -> TensorPrediction:
-        """Batch prediction on preprocessed images (no gradient): logits, raw/consistent probs."""
+    def predict_tensor(self, x: torch.Tensor, indications: list[str | None] | None = None,
+                       reports: bool = True) -> TensorPrediction:
+        """Batch prediction on preprocessed images (no gradient): logits, raw/consistent probs.
+
+        ``reports=False`` skips writing and verifying reports (empty strings): probabilities only,
+        e.g. for the many counterfactual twins of a faithfulness evaluation.
+        """
         from medmm.knowledge import make_consistent
 
         with torch.inference_mode():
-            out = self.step(x, indications)
+            out = self.step(x, indications, generate=reports)
             logits = self.calibration.logits(out.logits)
             probs_raw = torch.sigmoid(logits)
             probs = make_consistent(probs_raw.cpu(), self.constraints, track_repairs=False).probs
+            if not reports:
+                return TensorPrediction(logits.cpu(), probs_raw.cpu(), probs.cpu(), [""] * len(probs), out.texts)
             checked = self.verified_reports(out.tokens, self.decide(probs), out.reports)
         return TensorPrediction(logits.cpu(), probs_raw.cpu(), probs.cpu(), [c.text for c in checked], out.texts,
                                 [c.to_json() for c in checked])

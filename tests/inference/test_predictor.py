@@ -105,6 +105,15 @@ def test_forward_tensor_is_differentiable(tiny_predictor, scans):
     assert (out.probs >= 0).all() and len(out.reports) == 1
 
 
+def test_probabilities_without_reports_match_the_full_prediction(tiny_predictor, scans):
+    """``reports=False`` (faithfulness twins) skips the report, never changes the probabilities."""
+    full = tiny_predictor.predict(scans["nifti"], indication="cough")
+    x = tiny_predictor.preprocess(scans["nifti"])[None].float()
+    quick = tiny_predictor.predict_tensor(x, indications=["cough"], reports=False)
+    np.testing.assert_allclose(quick.probs[0].numpy(), [r["probability"] for r in full.findings], atol=1e-5)
+    assert quick.reports == [""] and quick.report_checks == [] and full.report
+
+
 def test_missing_input_is_input_error(tiny_predictor, tmp_path):
     with pytest.raises(MedmmInputError):
         tiny_predictor.predict(tmp_path / "nope.nii.gz")

@@ -30,6 +30,13 @@ def test_thresholds_separate_perfectly_separable_labels(rule):
         assert np.array_equal(predicted, Y[:, j] == 1)
 
 
+def test_fixed_rule_keeps_one_half_whatever_validation_says():
+    """``fixed`` fits nothing to the validation split, so its noise cannot move a decision."""
+    assert choose_thresholds(Y, P, LABELS, "fixed") == {"a": 0.5, "b": 0.5, "c": 0.5}
+    shuffled = choose_thresholds(Y[::-1], P, LABELS, "fixed")
+    assert shuffled == {"a": 0.5, "b": 0.5, "c": 0.5}
+
+
 @pytest.mark.parametrize("reports, indications, use_rep, use_ind, expected", [
     (["r1", "r2"], ["", "cough"], True, True, ["r1", "Indication: cough\nr2"]),
     (["r1", "r2"], ["", "cough"], False, True, ["", "Indication: cough\n"]),
