@@ -115,8 +115,8 @@ def test_contradiction_is_re_decoded_with_the_phrase_banned_and_a_mention_forced
     assert out.agrees
 
 
-def test_real_random_lm_reports_always_agree(labeler):
-    """A (random) grounded GPT-2 decoder through re-decoding, forced mentions and fallbacks."""
+def _random_grounded_model(seed: int):
+    """A tiny randomly initialised MedMM with a findings-grounded GPT-2 decoder (real LM code paths)."""
     from medmm.models import MedMM, ModelConfig
 
     cfg = ModelConfig.model_validate({
@@ -125,8 +125,13 @@ def test_real_random_lm_reports_always_agree(labeler):
                              "max_new_tokens": 24, "grounding": "findings", "vocabulary": "tokenizer"},
         "fusion": {"use_text": False, "hidden": 8},
     })
-    torch.manual_seed(0)
-    model = MedMM(cfg, LABELS).eval()
+    torch.manual_seed(seed)
+    return MedMM(cfg, LABELS).eval()
+
+
+def test_real_random_lm_reports_always_agree(labeler):
+    """A (random) grounded GPT-2 decoder through re-decoding, forced mentions and fallbacks."""
+    model = _random_grounded_model(seed=0)
     verifier = ReportVerifier(labeler, LABELS, model.report_generator, sentence_tokens=8)
     from medmm.models.report_verifier import write_verified_reports
 
@@ -224,18 +229,10 @@ def test_garbled_forced_mention_falls_back_to_the_ontology_sentence(labeler):
 
 def test_every_accepted_sentence_is_well_formed_with_a_real_lm(labeler):
     """A (random) LM through the verifier with a word list: every sentence it kept is made of known words."""
-    from medmm.models import MedMM, ModelConfig
     from medmm.models.report_words import known_words, words_of
     from medmm.models.report_verifier import write_verified_reports
 
-    cfg = ModelConfig.model_validate({
-        "image_encoder": {"name": "slim", "widths": [4, 8, 8, 8], "depth": [1, 1, 1, 1], "embed_dim": 16, "token_grid": 1},
-        "report_generator": {"n_layer": 1, "n_head": 2, "n_embd": 16, "n_positions": 96, "max_report_tokens": 24,
-                             "max_new_tokens": 24, "grounding": "findings", "vocabulary": "tokenizer"},
-        "fusion": {"use_text": False, "hidden": 8},
-    })
-    torch.manual_seed(1)
-    model = MedMM(cfg, LABELS).eval()
+    model = _random_grounded_model(seed=1)
     words = known_words(["heart", "size", "is", "normal", "no", "the"], model.report_generator, labeler.ontology)
     verifier = ReportVerifier(labeler, LABELS, model.report_generator, sentence_tokens=8, words=words)
     decisions = torch.tensor(_random_decisions(2, seed=5))
