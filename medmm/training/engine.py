@@ -16,6 +16,7 @@ import math
 import random
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from medmm.training.outputs import RunOutputs
 from medmm.training.reference import reference_profile
 from medmm.training.texts import TrainTexts
 from medmm.training.validation import choose_thresholds, predict, validation_metrics
+from medmm.training.weight_average import WeightAverage
 
 
 @dataclass
@@ -190,6 +192,7 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         self._init_image_encoder()  # issue 19: pretrained encoder weights + load report
         distributed.broadcast_parameters(self.model, self.dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.weight_average = WeightAverage(self.model, t.ema_decay) if t.ema_decay else None
         self.reference = reference_profile(self.train_base, label_matrix(splits["val"], self.labels), self.labels,
                                            cfg.preprocessing) if self.writes else None
 
@@ -282,7 +285,7 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
 
         cfg, t = self.cfg, self.cfg.training
         progress = {"epoch": 0, "global_step": 0, "best": None, "bad_epochs": 0, "report_cache": {},
-                    "interrupted": False}
+                    "interrupted": False, "ema_updates": 0}
         history: list[dict[str, Any]] = []
         if self.resume:
             progress, history = self._restore()
@@ -314,26 +317,29 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
                 train_stats, timing = self._train_epoch(epoch)
                 t2 = time.perf_counter()
                 self._clear_text_cache()
-                pred = predict(self.model, self._eval_loader(self.val_set), self.device,
-                               t.text.use_generated_report, t.text.use_indication, self.amp)
-                val = validation_metrics(pred, self.labels, self.eval_labels, self.constraints)
-                thresholds, calibration = calibrate_and_choose(  # issue 16: calibrated, sane thresholds
-                    pred["logits"], pred["labels"], self.labels,
-                    lambda y, p, names: choose_thresholds(y, p, names, t.threshold_rule))
-                score = val["val_macro_auroc"] if val["val_macro_auroc"] is not None else -val["val_bce"]
-                best = progress["best"]
-                improved = best is None or score > best["score"] + t.early_stopping.min_delta
-                record = {"epoch": epoch + 1, "step": self.global_step,
-                          "lr": lr, **train_stats, **val, "best": improved}
-                history.append(record)
-                if improved:
-                    progress["best"] = {"epoch": epoch + 1, "score": score, "val_macro_auroc": val["val_macro_auroc"],
-                                        "thresholds": thresholds, "calibration": calibration, "metrics": record}
-                progress["bad_epochs"] = 0 if improved else progress["bad_epochs"] + 1
-                progress.update(epoch=epoch + 1, global_step=self.global_step, report_cache=self.report_cache)
-                timing.update(epoch=epoch + 1, refresh_s=t1 - t0, val_s=time.perf_counter() - t2,
-                              epoch_s=time.perf_counter() - t0)
-                self._save_epoch(record, history, progress, improved, timing, tb)
+                raw_weights = self._raw_weights()
+                with self._evaluated_weights():  # validation, thresholds and checkpoints read the average
+                    pred = predict(self.model, self._eval_loader(self.val_set), self.device,
+                                   t.text.use_generated_report, t.text.use_indication, self.amp)
+                    val = validation_metrics(pred, self.labels, self.eval_labels, self.constraints)
+                    thresholds, calibration = calibrate_and_choose(  # issue 16: calibrated, sane thresholds
+                        pred["logits"], pred["labels"], self.labels,
+                        lambda y, p, names: choose_thresholds(y, p, names, t.threshold_rule))
+                    score = val["val_macro_auroc"] if val["val_macro_auroc"] is not None else -val["val_bce"]
+                    best = progress["best"]
+                    improved = best is None or score > best["score"] + t.early_stopping.min_delta
+                    record = {"epoch": epoch + 1, "step": self.global_step,
+                              "lr": lr, **train_stats, **val, "best": improved}
+                    history.append(record)
+                    if improved:
+                        progress["best"] = {"epoch": epoch + 1, "score": score, "val_macro_auroc": val["val_macro_auroc"],
+                                            "thresholds": thresholds, "calibration": calibration, "metrics": record}
+                    progress["bad_epochs"] = 0 if improved else progress["bad_epochs"] + 1
+                    progress.update(epoch=epoch + 1, global_step=self.global_step, report_cache=self.report_cache,
+                                    ema_updates=self._ema_updates())
+                    timing.update(epoch=epoch + 1, refresh_s=t1 - t0, val_s=time.perf_counter() - t2,
+                                  epoch_s=time.perf_counter() - t0)
+                    self._save_epoch(record, history, progress, improved, timing, tb, raw_weights)
                 patience = t.early_stopping.patience
                 if patience is not None and progress["bad_epochs"] >= patience:
                     stopped = True
@@ -341,17 +347,34 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         except KeyboardInterrupt:
             if self.writes:
                 progress.update(epoch=epoch, global_step=self.global_step, report_cache=self.report_cache,
-                                interrupted=True)
-                self._save_checkpoints(progress, improved=False)
-                rundir.save_state(self.run_dir, self.optimizer, self.scheduler, self.scaler, progress)
+                                interrupted=True, ema_updates=self._ema_updates())
+                raw_weights = self._raw_weights()
+                with self._evaluated_weights():
+                    self._save_checkpoints(progress, improved=False)
+                rundir.save_state(self.run_dir, self.optimizer, self.scheduler, self.scaler, progress, raw_weights)
                 self._echo(f"interrupted: saved {self.run_dir / 'last.safetensors'}; continue with --resume")
             raise
         finally:
             if tb is not None:
                 tb.close()
+        if self.weight_average is not None:
+            self.weight_average.copy_to(self.model)  # Run.model = the weights of the last checkpoint
         best = dict(progress["best"] or {})
         best.pop("score", None)
         return Run(self.run_dir, cfg, history, best, stopped, self.model)
+
+    # ------------------------------------------------------------------------------ weight average
+    def _evaluated_weights(self):
+        """Context in which the model holds the weights that are validated and saved."""
+        return nullcontext() if self.weight_average is None else self.weight_average.applied(self.model)
+
+    def _raw_weights(self) -> dict[str, torch.Tensor] | None:
+        """The optimiser's own weights for the resume state (None without a weight average: they are
+        then the checkpoint's)."""
+        return None if self.weight_average is None else self.weight_average.raw_state(self.model)
+
+    def _ema_updates(self) -> int:
+        return 0 if self.weight_average is None else self.weight_average.updates
 
     def _restore(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         from safetensors.torch import load_file
@@ -365,6 +388,10 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
             raise MedmmConfigError(self.run_dir, f"last.safetensors does not fit this workflow's network "
                                                  f"(unexpected {result.unexpected_keys[:3]})")
         progress = rundir.load_state(self.run_dir, self.optimizer, self.scheduler, self.scaler)
+        if self.weight_average is not None:  # last.safetensors holds the average, the state the raw weights
+            self.weight_average.load_from(self.model)
+            self.weight_average.updates = int(progress.get("ema_updates", 0))
+            self.model.load_state_dict(rundir.load_weights(self.run_dir, self.device), strict=False)
         history = rundir.read_jsonl(self.run_dir / rundir.METRICS_FILE)[: progress["epoch"]]
         if self.writes:
             atomic_write_text(self.run_dir / rundir.WORKFLOW_FILE,

@@ -131,4 +131,6 @@ class TrainEpoch:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         distributed.broadcast_buffers(self.model, self.dist)
+        if self.weight_average is not None:
+            self.weight_average.update(self.model)
         self.global_step += 1

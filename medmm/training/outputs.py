@@ -25,14 +25,17 @@ class RunOutputs:
         save_checkpoint(self.model, self.run_dir, "last", meta)
 
     def _save_epoch(self, record: dict[str, Any], history: list[dict[str, Any]], progress: dict[str, Any],
-                    improved: bool, timing: dict[str, float], tb: Any) -> None:
+                    improved: bool, timing: dict[str, float], tb: Any,
+                    raw_weights: Mapping[str, Any] | None = None) -> None:
+        """Checkpoints of the model as it now is, metrics, timing, the resume state (with the optimiser's
+        ``raw_weights`` when the model holds a weight average), the card and TensorBoard scalars."""
         if not self.writes:
             return
         self._save_checkpoints(progress, improved)
         rundir.write_jsonl(self.run_dir / rundir.METRICS_FILE, history)
         timings = rundir.read_jsonl(self.run_dir / rundir.TIMING_FILE)[: record["epoch"] - 1] + [timing]
         rundir.write_jsonl(self.run_dir / rundir.TIMING_FILE, timings)
-        rundir.save_state(self.run_dir, self.optimizer, self.scheduler, self.scaler, progress)
+        rundir.save_state(self.run_dir, self.optimizer, self.scheduler, self.scaler, progress, raw_weights)
         atomic_write_text(self.run_dir / rundir.CARD_FILE, rundir.model_card(self.cfg.name, self._meta(progress), history))
         if tb is not None:
             for key, value in record.items():

@@ -37,6 +37,7 @@ from medmm.models.run_meta import hash_patient_id
 
 STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
+_WEIGHTS_PREFIX = "weights."  # raw model weights inside STATE_TENSORS (with a weight average)
 METRICS_FILE = "metrics.jsonl"
 TIMING_FILE = "timing.jsonl"
 WORKFLOW_FILE = "workflow.yaml"
@@ -120,14 +121,19 @@ def set_rng_state(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) 
 
 
 def save_state(run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-               progress: Mapping[str, Any]) -> None:
-    """Write ``state.safetensors`` + ``state.json`` (JSON last: its presence marks a complete state)."""
+               progress: Mapping[str, Any], weights: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Write ``state.safetensors`` + ``state.json`` (JSON last: its presence marks a complete state).
+
+    ``weights`` are the optimiser's raw weights when the checkpoints hold a weight average
+    (``training.ema_decay``); `load_weights` reads them back.
+    """
     from safetensors.torch import save
 
     run_dir = Path(run_dir)
     opt_tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
     rng_tensors, rng_info = rng_state()
-    tensors = {**opt_tensors, **rng_tensors}
+    raw = {f"{_WEIGHTS_PREFIX}{name}": t.detach().contiguous().cpu() for name, t in (weights or {}).items()}
+    tensors = {**opt_tensors, **rng_tensors, **raw}
     scaler_state = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
     atomic_write_bytes(run_dir / STATE_TENSORS, save(tensors))
     info = {"optimizer": opt_info, "scheduler": _jsonable(scheduler.state_dict()), "scaler": scaler_state,
@@ -149,6 +155,14 @@ def load_state(run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler:
         scaler.load_state_dict(scaler_state)
     set_rng_state(tensors, info.pop("rng", {}))
     return info
+
+
+def load_weights(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The raw weights `save_state` stored (empty when the run keeps no weight average)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(run_dir) / STATE_TENSORS), device=str(device))
+    return {name[len(_WEIGHTS_PREFIX):]: t for name, t in tensors.items() if name.startswith(_WEIGHTS_PREFIX)}
 
 
 def _jsonable(value: Any) -> Any:
