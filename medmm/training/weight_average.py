@@ -60,7 +60,7 @@ class WeightAverage:
                     latest.append(current[name].detach())
                 else:
                     kept.copy_(current[name])
-            if averaged:
+            if averaged:  # one fused call, as torch.optim.swa_utils.get_ema_multi_avg_fn does
                 torch._foreach_lerp_(averaged, latest, weight)
 
     @contextmanager
