@@ -318,7 +318,7 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
                 t2 = time.perf_counter()
                 self._clear_text_cache()
                 raw_weights = self._raw_weights()
-                with self._evaluated_weights():  # validation, thresholds and checkpoints read the average
+                with self._evaluated_weights(raw_weights):  # validation, thresholds and checkpoints read the average
                     pred = predict(self.model, self._eval_loader(self.val_set), self.device,
                                    t.text.use_generated_report, t.text.use_indication, self.amp)
                     val = validation_metrics(pred, self.labels, self.eval_labels, self.constraints)
@@ -349,7 +349,7 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
                 progress.update(epoch=epoch, global_step=self.global_step, report_cache=self.report_cache,
                                 interrupted=True, ema_updates=self._ema_updates())
                 raw_weights = self._raw_weights()
-                with self._evaluated_weights():
+                with self._evaluated_weights(raw_weights):
                     self._save_checkpoints(progress, improved=False)
                 rundir.save_state(self.run_dir, self.optimizer, self.scheduler, self.scaler, progress, raw_weights)
                 self._echo(f"interrupted: saved {self.run_dir / 'last.safetensors'}; continue with --resume")
@@ -364,14 +364,15 @@ class Trainer(TrainTexts, TrainEpoch, RunOutputs):
         return Run(self.run_dir, cfg, history, best, stopped, self.model)
 
     # ------------------------------------------------------------------------------ weight average
-    def _evaluated_weights(self):
-        """Context in which the model holds the weights that are validated and saved."""
-        return nullcontext() if self.weight_average is None else self.weight_average.applied(self.model)
-
     def _raw_weights(self) -> dict[str, torch.Tensor] | None:
         """The optimiser's own weights for the resume state (None without a weight average: they are
         then the checkpoint's)."""
         return None if self.weight_average is None else self.weight_average.raw_state(self.model)
+
+    def _evaluated_weights(self, raw_weights: dict[str, torch.Tensor] | None):
+        """Context in which the model holds the weights that are validated and saved (``raw_weights``
+        from `_raw_weights` come back after)."""
+        return nullcontext() if self.weight_average is None else self.weight_average.applied(self.model, raw_weights)
 
     def _ema_updates(self) -> int:
         return 0 if self.weight_average is None else self.weight_average.updates

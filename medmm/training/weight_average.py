@@ -26,6 +26,14 @@ def _tracked(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _assign(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors`` into the model's tracked tensors of the same names."""
+    current = _tracked(model)
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            current[name].copy_(tensor)
+
+
 class WeightAverage:
     """EMA of a model's trained tensors with the usual warm-up ``min(decay, (1 + t) / (10 + t))``.
 
@@ -45,7 +53,7 @@ class WeightAverage:
             raise ValueError(f"ema decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.updates = 0
-        self.shadow = {name: t.detach().clone() for name, t in _tracked(model).items()}
+        self.load_from(model)
 
     def update(self, model: nn.Module) -> None:
         """Move the average towards the model's current tensors (floating ones; others are copied)."""
@@ -64,29 +72,26 @@ class WeightAverage:
                 torch._foreach_lerp_(averaged, latest, weight)
 
     @contextmanager
-    def applied(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Within the block the model holds the averaged tensors; the raw ones come back after."""
-        current = _tracked(model)
-        raw = self.raw_state(model)
-        self.copy_to(model)
+    def applied(self, model: nn.Module, raw: dict[str, torch.Tensor] | None = None) -> Iterator[nn.Module]:
+        """Within the block the model holds the averaged tensors; the raw ones come back after
+        (``raw``: a `raw_state` the caller already took, so it is not copied twice)."""
+        raw = self.raw_state(model) if raw is None else raw
+        _assign(model, self.shadow)
         try:
             yield model
         finally:
-            with torch.no_grad():
-                for name, tensor in raw.items():
-                    current[name].copy_(tensor)
+            _assign(model, raw)
 
     def copy_to(self, model: nn.Module) -> None:
         """Leave the averaged tensors in the model (the end of training)."""
-        current = _tracked(model)
-        with torch.no_grad():
-            for name, kept in self.shadow.items():
-                current[name].copy_(kept)
+        _assign(model, self.shadow)
 
     def load_from(self, model: nn.Module) -> None:
-        """Take the model's current tensors as the average (resuming from an averaged checkpoint)."""
-        self.shadow = {name: t.detach().clone() for name, t in _tracked(model).items()}
+        """Take the model's current tensors as the average (a fresh start, or resuming from an
+        averaged checkpoint)."""
+        self.shadow = self.raw_state(model)
 
-    def raw_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The model's raw (not averaged) trained tensors, for the resume state."""
-        return {name: t.detach().clone() for name, t in _tracked(model).items() if name in self.shadow}
+    @staticmethod
+    def raw_state(model: nn.Module) -> dict[str, torch.Tensor]:
+        """A copy of the model's trained tensors as they are now."""
+        return {name: t.detach().clone() for name, t in _tracked(model).items()}
